@@ -1,0 +1,227 @@
+"""Run megatron-core on a CPU-only torch: the one place that knows how.
+
+megatron-core assumes CUDA in a few dozen places. On a machine without CUDA this module patches exactly
+those, process-wide, so that the same Megatron code path (GPTModel, TP/PP, pipeline schedules, DDP,
+the distributed optimizer, dist_checkpointing) runs over gloo on CPU. It is
+
+- applied automatically by `spro_mcore.parallel` (and therefore before any Megatron model is built),
+- applied only when `torch.cuda.is_available()` is False (a CUDA machine is never touched),
+- idempotent (a second call changes nothing).
+
+Each patch below names the megatron-core call sites (0.16.x; the same sites exist in 0.17-0.19) that need it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import types
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_APPLIED = False
+
+# Modules that create tensors with a hard-coded `device="cuda"` (or call `torch.device("cuda", i)`,
+# `pin_memory=True`, `torch.cuda.get_rng_state`) through their module-level name `torch`. Each gets a view of
+# torch whose tensor factories map cuda -> cpu. Keyed by module, valued by the call sites.
+_CUDA_FACTORY_MODULES = {
+    "megatron.core.pipeline_parallel.schedules": "total_num_tokens = torch.zeros(..., device='cuda') in every schedule",
+    "megatron.core.pipeline_parallel.p2p_communication": "tensor_recv_prev/next = torch.empty(..., device=torch.cuda.current_device())",
+    "megatron.core.optimizer.grad_scaler": "ConstantGradScaler/DynamicGradScaler: torch.tensor(..., device='cuda')",
+    "megatron.core.optimizer.optimizer": "found_inf, _dummy_overflow_buf, _scale_one, FP32Optimizer._scale",
+    "megatron.core.optimizer.distrib_optimizer": "gbuf range exchange buffers",
+    "megatron.core.optimizer.clip_grads": "get_grad_norm_fp32 / clip_grad_by_total_norm_fp32 / count_zeros_fp32 buffers",
+    "megatron.core.distributed.param_and_grad_buffer": "tmp_warmup_tensor = torch.zeros([1], device='cuda')",
+    "megatron.core.distributed.distributed_data_parallel": "grad buffers placed on torch.cuda.current_device()",
+    "megatron.core.transformer.utils": "get_default_causal_mask / get_sliding_window_causal_mask",
+    "megatron.core.tensor_parallel.data": "broadcast_data: sizes_cuda = torch.tensor(..., device='cuda')",
+    "megatron.core.tensor_parallel.random": "CudaRNGStatesTracker.add/fork: torch.cuda.get_rng_state/manual_seed",
+    "megatron.core.utils": "check_param_hashes_across_dp_replicas, get_batch_on_this_cp_rank helpers",
+    "megatron.core.dist_checkpointing.strategies.state_dict_saver": "verify_global_md_reuse: torch.tensor(..., device='cuda')",
+    "megatron.core.dist_checkpointing.exchange_utils": "exchange_loaded_tensors_*: torch.empty_like(..., device='cuda')",
+}
+
+# Modules whose `Tensor.type()` string checks expect 'torch.cuda.FloatTensor' & co.
+_TYPE_STRING_MODULES = (
+    "megatron.core.optimizer.optimizer",  # MixedPrecisionOptimizer: param.type() == 'torch.cuda.FloatTensor'
+    "megatron.core.optimizer.distrib_optimizer",  # _build_model_and_main_param_groups: model_param.type()
+    "megatron.core.optimizer.clip_grads",  # clip_grad_by_total_norm_fp32: param.grad.type() assert
+)
+
+
+def _is_cuda(device: Any) -> bool:
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    if isinstance(device, str):
+        return device.startswith("cuda")
+    return isinstance(device, int)  # a bare ordinal means a CUDA device in torch's factories
+
+
+def _cpu_kwargs(kwargs: dict) -> dict:
+    if _is_cuda(kwargs.get("device")):
+        kwargs["device"] = "cpu"
+    if kwargs.get("pin_memory"):
+        kwargs["pin_memory"] = False
+    return kwargs
+
+
+def _wrap_factory(fn):
+    def factory(*args, **kwargs):
+        return fn(*args, **_cpu_kwargs(kwargs))
+
+    factory.__name__ = getattr(fn, "__name__", "factory")
+    factory.__wrapped__ = fn
+    return factory
+
+
+class _CpuCudaNamespace(types.SimpleNamespace):
+    """`torch.cuda` as seen by a patched module: RNG calls go to the CPU generator."""
+
+    def __getattr__(self, name: str):
+        return getattr(torch.cuda, name)
+
+
+def _cpu_cuda_namespace() -> _CpuCudaNamespace:
+    rng = types.SimpleNamespace(get_rng_state=lambda device=None: torch.get_rng_state())
+    return _CpuCudaNamespace(
+        get_rng_state=lambda device=None: torch.get_rng_state(),
+        set_rng_state=lambda state, device=None: torch.set_rng_state(state),
+        manual_seed=lambda seed: torch.manual_seed(seed),
+        random=rng,
+    )
+
+
+class _CpuTorchView(types.ModuleType):
+    """A stand-in for the name `torch` inside one megatron-core module: factories map cuda -> cpu."""
+
+    _FACTORIES = (
+        "tensor", "zeros", "ones", "empty", "full", "arange", "rand", "randn", "randint",
+        "zeros_like", "ones_like", "empty_like", "full_like", "as_tensor",
+    )
+
+    def __init__(self):
+        super().__init__("torch")
+        for name in self._FACTORIES:
+            setattr(self, name, _wrap_factory(getattr(torch, name)))
+        self.cuda = _cpu_cuda_namespace()
+
+    def device(self, *args, **kwargs):  # torch.device("cuda", i) -> cpu
+        if args and _is_cuda(args[0]) and not isinstance(args[0], int):
+            return torch.device("cpu")
+        return torch.device(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(torch, name)
+
+
+def _caller_module(depth: int = 2) -> str:
+    return sys._getframe(depth).f_globals.get("__name__", "")
+
+
+def _patch_tensor_methods() -> None:
+    """`.cuda()` from megatron-core (optimizer state reload, exchange_utils, language_module's embedding
+    sync, tensor_parallel.data.broadcast_data) becomes a no-op; `.type()` in the optimizer modules reports
+    the CUDA type names its string checks expect. Both only for callers inside megatron.core."""
+    orig_cuda = torch.Tensor.cuda
+    orig_type = torch.Tensor.type
+
+    def cuda(self, *args, **kwargs):
+        if _caller_module().startswith("megatron."):
+            return self
+        return orig_cuda(self, *args, **kwargs)
+
+    def type_(self, *args, **kwargs):
+        out = orig_type(self, *args, **kwargs)
+        if not args and not kwargs and _caller_module() in _TYPE_STRING_MODULES:
+            return out.replace("torch.", "torch.cuda.", 1)
+        return out
+
+    torch.Tensor.cuda = cuda
+    torch.Tensor.type = type_
+
+
+class _NullStream:
+    """What `torch.cuda.current_stream()` returns on CPU (grad buffers on megatron-core 0.19)."""
+
+    def synchronize(self):
+        pass
+
+    def wait_stream(self, other):
+        pass
+
+    def record_event(self, event=None):
+        return event
+
+    def wait_event(self, event):
+        pass
+
+
+def _patch_torch_cuda() -> None:
+    # ~36 sites use torch.cuda.current_device() as a device (buffers, TP mappings, cross entropy, DDP).
+    torch.cuda.current_device = lambda: "cpu"
+    # p2p_communication (after batched isend/irecv), parallel_state, timers.
+    torch.cuda.synchronize = lambda device=None: None
+    # param_and_grad_buffer / DDP on megatron-core 0.19.
+    torch.cuda.current_stream = lambda device=None: _NullStream()
+
+
+def _patch_rng() -> None:
+    """tensor_parallel.random keeps the model-parallel RNG states as CUDA generator states; keep them as
+    CPU generator states instead (dropout under TP forks the tracker)."""
+    random = importlib.import_module("megatron.core.tensor_parallel.random")
+    random._get_cuda_rng_state = lambda device="cuda", clone=False, graph_safe=False: torch.get_rng_state()
+    random._set_cuda_rng_state = lambda new_state, device=-1, graph_safe=False: torch.set_rng_state(new_state)
+    # fork() warns when the CPU generator moved inside a "GPU" RNG context: on CPU that is the point.
+    logging.getLogger(random.__name__).addFilter(
+        lambda record: "CPU RNG state changed within GPU RNG context" not in record.getMessage()
+    )
+
+
+def _patch_sharded_tensor_init() -> None:
+    """dist_checkpointing.exchange_utils calls ShardedTensor.init_data('cuda') before loading shards."""
+    mapping = importlib.import_module("megatron.core.dist_checkpointing.mapping")
+    orig = mapping.ShardedTensor.init_data
+
+    def init_data(self, device, init_fn=torch.empty):
+        return orig(self, "cpu" if _is_cuda(device) else device, init_fn)
+
+    mapping.ShardedTensor.init_data = init_data
+
+
+def _install_torch_views() -> None:
+    view = _CpuTorchView()
+    for name in _CUDA_FACTORY_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # absent in this megatron-core version
+            continue
+        if getattr(module, "torch", None) is torch:
+            module.torch = view
+
+
+def apply_cpu_compat(force: bool = False) -> bool:
+    """Patch megatron-core for a CPU-only torch. Returns True if the patches are (now) in place.
+
+    Does nothing when CUDA is available (unless `force`, for tests) and nothing on a second call.
+    """
+    global _APPLIED
+    if _APPLIED:
+        return True
+    if torch.cuda.is_available() and not force:
+        return False
+    _patch_torch_cuda()
+    _patch_tensor_methods()
+    _install_torch_views()
+    _patch_rng()
+    _patch_sharded_tensor_init()
+    _APPLIED = True
+    log.debug("megatron-core CPU compatibility layer applied")
+    return True
+
+
+def is_applied() -> bool:
+    return _APPLIED
