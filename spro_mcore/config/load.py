@@ -15,9 +15,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from spro_mcore.config.schema import CHOICES, NON_NEGATIVE, POSITIVE, Config
+from spro_mcore.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad configuration: the message says which key and what to do."""
 
 

@@ -1,0 +1,76 @@
+"""`spro-mcore train | convert | eval | config`: the command-line entry point.
+
+Bad input (config, data, checkpoint) ends with one line on stderr naming the problem and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _train(args) -> int:
+    from spro_mcore.trainer.run import train_main
+
+    return train_main(args.config, args.overrides)
+
+
+def _eval(args) -> int:
+    from spro_mcore.trainer.run import eval_main
+
+    return eval_main(args.config, args.overrides)
+
+
+def _convert(args) -> int:
+    from spro_mcore.models.convert import convert_main
+
+    return convert_main(args.convert_args)
+
+
+def _config(args) -> int:
+    from spro_mcore.config import load_config, to_yaml
+
+    print(to_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spro-mcore",
+        description="SPRO (self-guided process rewards, Masked Step Advantage) RL post-training on Megatron-core.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def with_config(p):
+        p.add_argument("--config", "-c", default=None, help="YAML recipe (see configs/)")
+        p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. trainer.total_steps=3")
+        return p
+
+    with_config(sub.add_parser("train", help="run SPRO/GRPO training (under torchrun for TP/PP/DP > 1)")).set_defaults(
+        fn=_train
+    )
+    with_config(sub.add_parser("eval", help="evaluate a policy on the held-out split (greedy accuracy, pass@k)")).set_defaults(
+        fn=_eval
+    )
+    conv = sub.add_parser(
+        "convert", help="convert checkpoints: hf-to-mcore | mcore-to-hf (see --help of each)", add_help=False
+    )
+    conv.add_argument("convert_args", nargs=argparse.REMAINDER)
+    conv.set_defaults(fn=_convert)
+    with_config(sub.add_parser("config", help="print the resolved, validated configuration")).set_defaults(fn=_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from spro_mcore.errors import UserError
+
+    try:
+        return int(args.fn(args) or 0)
+    except UserError as e:
+        print(f"spro-mcore {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Config loading: YAML + overrides, typed; every bad value names its key."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spro_mcore.config import ConfigError, load_config, validate_world_size
+from spro_mcore.config.load import SCHEMA_KEYS
+
+pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_yaml_and_overrides_layer(tmp_path):
+    y = tmp_path / "r.yaml"
+    y.write_text("trainer:\n  total_steps: 7\nalgo:\n  beta: 0.5\n")
+    cfg = load_config(y, ["trainer.total_steps=3", "rollout.server_urls=[http://a:1,http://b:2]"])
+    assert cfg.trainer.total_steps == 3  # override beats YAML
+    assert cfg.algo.beta == 0.5  # YAML beats default
+    assert cfg.algo.estimator == "spro"  # default
+    assert cfg.rollout.server_urls == ["http://a:1", "http://b:2"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.totl_steps=3", "unknown config key 'trainer.totl_steps'; did you mean 'trainer.total_steps'?"),
+        ("trainr.seed=1", "unknown config section 'trainr' in 'trainr.seed'; did you mean 'trainer'?"),
+        ("trainer.total_steps=abc", "config key 'trainer.total_steps' (command line): expected int, got 'abc'"),
+        ("algo.estimator=ppo", "config key 'algo.estimator' = 'ppo' is not one of: spro, grpo"),
+        ("rollout.n=0", "config key 'rollout.n' must be > 0, got 0"),
+        ("trainer.total_steps", "override 'trainer.total_steps' is not of the form section.key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert str(e.value) == message
+
+
+def test_unknown_key_in_yaml(tmp_path):
+    y = tmp_path / "r.yaml"
+    y.write_text("algo:\n  betta: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'algo.betta'; did you mean 'algo.beta'\?"):
+        load_config(y)
+
+
+def test_cross_field_checks():
+    with pytest.raises(ConfigError, match="rollout.server_urls"):
+        load_config(None, ["rollout.engine=vllm", "rollout.mode=server"])
+    with pytest.raises(ConfigError, match="Transformer Engine"):
+        load_config(None, ["model.fp8=e4m3", "model.transformer_impl=local"])
+
+
+def test_world_size_consistency():
+    cfg = load_config(None, ["parallel.tp=2", "parallel.pp=2"])
+    assert validate_world_size(cfg, 8) == 2
+    with pytest.raises(ConfigError, match=r"world size 6 is not divisible by .* = 2 x 2 x 1 = 4"):
+        validate_world_size(cfg, 6)
+    cfg = load_config(None, ["parallel.tp=2", "parallel.dp=3"])
+    with pytest.raises(ConfigError, match=r"2 x 1 x 1 x 3 = 6 does not match the world size 4"):
+        validate_world_size(cfg, 4)
+
+
+def test_every_shipped_recipe_loads():
+    recipes = sorted((ROOT / "configs").glob("*.yaml"))
+    assert recipes, "configs/ has no recipes"
+    for path in recipes:
+        load_config(path)
+
+
+def test_every_field_has_a_comment():
+    src = (ROOT / "spro_mcore" / "config" / "schema.py").read_text()
+    for key in SCHEMA_KEYS:
+        name = key.rsplit(".", 1)[-1]
+        if "." in key and not key.count(".") > 1:
+            lines = [l for l in src.splitlines() if l.strip().startswith(f"{name}:")]
+            assert any("#" in l for l in lines), f"config field {key} has no one-line comment"
+
+
+def test_cli_misspelt_key_exits_nonzero_with_one_line():
+    r = subprocess.run(
+        [sys.executable, "-m", "spro_mcore.cli", "config", "trainer.totl_steps=3"], capture_output=True, text=True
+    )
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines() == [
+        "spro-mcore config: error: unknown config key 'trainer.totl_steps'; did you mean 'trainer.total_steps'?"
+    ]
+
+
+def test_cli_help_lists_subcommands():
+    r = subprocess.run([sys.executable, "-m", "spro_mcore.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    for cmd in ("train", "convert", "eval", "config"):
+        assert cmd in r.stdout
