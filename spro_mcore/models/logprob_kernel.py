@@ -1,0 +1,152 @@
+"""Vocab-parallel log-probs and entropy of target tokens from final hidden states, in chunks of tokens.
+
+For N tokens with hidden states h [N, H], this TP rank's output-projection rows W [V/tp, H] and targets [N]:
+
+    z = h W^T / temperature          (one chunk of tokens at a time: [chunk, V/tp] fp32, freed before the next)
+    logp[n]    = z[n, target] - logsumexp_v z[n, v]
+    entropy[n] = logsumexp_v z[n, v] - sum_v softmax(z)[n, v] z[n, v]
+
+The max, sum-exp, target logit and sum p*z are all-reduced over the TP group (two small collectives per
+chunk), so no rank ever holds full-vocabulary logits and peak memory is O(chunk x V/tp), not O(N x V).
+Padded vocabulary rows (beyond the real vocab) are excluded. The backward recomputes each chunk's logits
+(only [N] statistics are saved) and accumulates dW in fp32, so training does not hold [N, V] either:
+
+    d logp / dz    = onehot(target) - p
+    d entropy / dz = -p (z - E_p[z])
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+
+def _all_reduce(t: torch.Tensor, op, group) -> torch.Tensor:
+    if group is not None and dist.get_world_size(group) > 1:
+        dist.all_reduce(t, op=op, group=group)
+    return t
+
+
+class _ChunkedLogprob(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, vocab_start, valid_rows, temperature, chunk, with_entropy, group):
+        n = hidden.shape[0]
+        w = weight[:valid_rows]
+        logp = hidden.new_empty(n, dtype=torch.float32)
+        lse_all = torch.empty_like(logp)
+        ez_all = torch.empty_like(logp) if with_entropy else None
+        for lo in range(0, n, chunk):
+            hi = min(lo + chunk, n)
+            z = _logits(hidden[lo:hi], w, temperature)
+            local_t = targets[lo:hi] - vocab_start
+            inside = (local_t >= 0) & (local_t < valid_rows)
+            rows = inside.nonzero().squeeze(-1)
+            m = z.max(-1).values if valid_rows > 0 else z.new_full((hi - lo,), float("-inf"))
+            _all_reduce(m, dist.ReduceOp.MAX, group)
+            stats = z.new_zeros(3 if with_entropy else 2, hi - lo)
+            stats[1, rows] = z[rows, local_t[rows]]
+            if with_entropy:
+                e = z - m[:, None]
+                e.exp_()
+                stats[0] = e.sum(-1)
+                stats[2] = torch.bmm(e.unsqueeze(1), z.unsqueeze(2)).view(-1)  # sum e*z without an [n, V] temp
+                del e
+            else:
+                z.sub_(m[:, None]).exp_()
+                stats[0] = z.sum(-1)
+            del z
+            _all_reduce(stats, dist.ReduceOp.SUM, group)
+            lse = m + stats[0].log()
+            lse_all[lo:hi] = lse
+            logp[lo:hi] = stats[1] - lse
+            if with_entropy:
+                ez_all[lo:hi] = stats[2] / stats[0]
+        entropy = lse_all - ez_all if with_entropy else logp.new_empty(0)
+        ctx.save_for_backward(hidden, weight, targets, lse_all, ez_all if with_entropy else lse_all.new_empty(0))
+        ctx.args = (vocab_start, valid_rows, temperature, chunk, with_entropy)
+        ctx.set_materialize_grads(False)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, g_logp, g_ent):
+        hidden, weight, targets, lse_all, ez_all = ctx.saved_tensors
+        vocab_start, valid_rows, temperature, chunk, with_entropy = ctx.args
+        use_ent = with_entropy and g_ent is not None
+        n = hidden.shape[0]
+        if g_logp is None:
+            g_logp = lse_all.new_zeros(n)
+        w = weight[:valid_rows]
+        g_hidden = torch.zeros_like(hidden)
+        g_w32 = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        for lo in range(0, n, chunk):
+            hi = min(lo + chunk, n)
+            h = hidden[lo:hi]
+            z = _logits(h, w, temperature)
+            p = z - lse_all[lo:hi, None]
+            p.exp_()
+            gl = g_logp[lo:hi, None].float()
+            if use_ent:  # g_z = -p * (g_logp + g_ent * (z - E[z]))
+                z.sub_(ez_all[lo:hi, None]).mul_(g_ent[lo:hi, None].float()).add_(gl).mul_(p).neg_()
+                g_z = z
+            else:
+                g_z = p.mul_(gl).neg_()
+                del z
+            local_t = targets[lo:hi] - vocab_start
+            rows = ((local_t >= 0) & (local_t < valid_rows)).nonzero().squeeze(-1)
+            g_z[rows, local_t[rows]] += gl[rows, 0]
+            g_z.div_(temperature)
+            g_hidden[lo:hi] = (g_z.to(w.dtype) @ w).to(hidden.dtype)
+            g_w32.addmm_(g_z.t(), h.float())
+            del g_z, p
+        g_weight = torch.zeros_like(weight)
+        g_weight[:valid_rows] = g_w32.to(weight.dtype)
+        return g_hidden, g_weight, None, None, None, None, None, None, None
+
+
+def _logits(h: torch.Tensor, w: torch.Tensor, temperature: float) -> torch.Tensor:
+    z = (h.to(w.dtype) @ w.t()).float()
+    if temperature != 1.0:
+        z.div_(temperature)
+    return z
+
+
+def vocab_parallel_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, vocab_size: int,
+                            temperature: float = 1.0, chunk_tokens: int = 1024, with_entropy: bool = False,
+                            tp_group=None, tp_rank: int = 0, sequence_parallel: bool = False,
+                            ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(logp [N], entropy [N] | None) in fp32 for hidden [N, H] (replicated over TP), this rank's output rows
+    `weight` [V_padded/tp, H] (rows tp_rank*V_padded/tp ...), global target ids [N] < vocab_size.
+
+    Differentiable in hidden and weight. The hidden-state gradient is all-reduced over the TP group by
+    megatron's copy_to_tensor_model_parallel_region, as in ColumnParallelLinear. With sequence parallelism,
+    pass the already sequence-gathered hidden states and `sequence_parallel=True`: the caller's
+    gather_from_sequence_parallel_region then reduce-scatters the gradient instead.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab_size):
+        raise ValueError(f"target token ids must lie in [0, {vocab_size}): got [{int(targets.min())}, "
+                         f"{int(targets.max())}]")
+    rows_per_rank = weight.shape[0]
+    vocab_start = tp_rank * rows_per_rank
+    valid_rows = max(0, min(rows_per_rank, vocab_size - vocab_start))
+    tp = dist.get_world_size(tp_group) if tp_group is not None else 1
+    if tp > 1 and not sequence_parallel and torch.is_grad_enabled():
+        from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
+
+        hidden = copy_to_tensor_model_parallel_region(hidden, group=tp_group)
+    logp, ent = _ChunkedLogprob.apply(hidden, weight, targets, vocab_start, valid_rows, float(temperature),
+                                      max(1, int(chunk_tokens)), bool(with_entropy), tp_group if tp > 1 else None)
+    return logp, (ent if with_entropy else None)
+
+
+def reference_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, vocab_size: int,
+                       temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The naive full-logits path on one rank ([N, V] fp32 logits + log_softmax): the test/benchmark baseline."""
+    logits = (hidden.to(weight.dtype) @ weight[:vocab_size].t()).float() / temperature
+    logsm = torch.log_softmax(logits, -1)
+    logp = logsm.gather(-1, targets[:, None]).squeeze(-1)
+    entropy = -(logsm.exp() * logsm).sum(-1)
+    return logp, entropy
