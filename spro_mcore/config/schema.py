@@ -105,7 +105,7 @@ class DataConfig:
     shuffle: bool = True  # reshuffle every epoch (deterministic from trainer.seed)
     synthetic_train_size: int = 2000  # synthetic task: training prompts
     synthetic_eval_size: int = 128  # synthetic task: held-out prompts
-    reward_fn: str = "synthetic"  # synthetic | math | module:function
+    reward_fn: str = "synthetic_arithmetic"  # synthetic_arithmetic | math | module:function
     reward_timeout_s: float = 5.0  # per-response verifier time limit; a timeout gives reward 0
 
 

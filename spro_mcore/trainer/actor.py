@@ -1,0 +1,248 @@
+"""The policy (and its frozen reference) as megatron-core models: log-prob passes, the PPO update, export.
+
+The policy is this rank's GPTModel chunks wrapped in megatron-core DDP with the (distributed) Megatron
+optimizer and an LR schedule. The reference shares the architecture and is held either as a copy of the
+initial weights that is swapped into the policy's parameters for the reference pass (`swap`: no second model,
+one extra copy of the weights) or as a second, frozen model (`separate`).
+
+Loss normalisation lives here, once: megatron-core's schedule divides a returned loss by the number of
+micro-batches and DDP averages gradients over data-parallel ranks. Both are switched off
+(`calculate_per_token_loss`: the schedule leaves the loss alone and DDP sums), and the PPO loss of every
+micro-batch is normalised by the GLOBAL token / sequence counts of its mini-batch (all data-parallel ranks),
+so the accumulated gradient equals the gradient of the one-big-batch loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator, Optional
+
+import torch
+import torch.distributed as dist
+
+from spro_mcore.config.schema import Config
+from spro_mcore.trainer.micro_batches import split_even
+from spro_mcore.trainer.rollout_batch import RolloutBatch
+
+
+def _mpu():
+    from megatron.core import parallel_state
+
+    return parallel_state
+
+
+class MegatronActor:
+    def __init__(self, cfg: Config, model_path: str, reference_path: str, *, total_updates: int):
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+        from spro_mcore.models.loader import load_model
+
+        self.cfg = cfg
+        chunks, self.arch = load_model(model_path, cfg.model)
+        for c in chunks:
+            c.config.calculate_per_token_loss = True  # see the module docstring
+        ddp_cfg = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+            use_distributed_optimizer=cfg.optim.use_distributed_optimizer,
+        )
+        self.model = [DistributedDataParallel(config=c.config, ddp_config=ddp_cfg, module=c) for c in chunks]
+        o = cfg.optim
+        dtype = chunks[0].config.params_dtype
+        self.optimizer = get_megatron_optimizer(
+            OptimizerConfig(
+                optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
+                adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad,
+                use_distributed_optimizer=o.use_distributed_optimizer, params_dtype=dtype,
+                bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
+            ),
+            self.model,
+        )
+        self.scheduler = OptimizerParamScheduler(
+            self.optimizer, init_lr=0.0 if o.warmup_steps else o.lr, max_lr=o.lr, min_lr=o.min_lr,
+            lr_warmup_steps=o.warmup_steps, lr_decay_steps=max(total_updates, o.warmup_steps + 1),
+            lr_decay_style=o.lr_schedule, start_wd=o.weight_decay, end_wd=o.weight_decay,
+            wd_incr_steps=max(total_updates, 1), wd_incr_style="constant",
+        )
+        self._ref_chunks = None
+        self._ref_tensors: Optional[list[torch.Tensor]] = None
+        if cfg.model.reference_mode == "separate":
+            self._ref_chunks, _ = load_model(reference_path, cfg.model)
+            for c in self._ref_chunks:
+                c.requires_grad_(False)
+        elif reference_path == model_path:
+            self._ref_tensors = [p.detach().clone() for p in self._params()]
+        else:
+            ref_chunks, _ = load_model(reference_path, cfg.model)
+            self._ref_tensors = [p.detach().clone() for c in ref_chunks for p in c.parameters()]
+            del ref_chunks
+
+    # ---- parameters, reference, export -------------------------------------------------------------
+    def _params(self) -> list[torch.nn.Parameter]:
+        return [p for m in self.model for p in m.module.parameters()]
+
+    @contextlib.contextmanager
+    def _reference_weights(self):
+        """Point the policy's parameters at the reference tensors (no copy) for one forward-only pass."""
+        params = self._params()
+        saved = [p.data for p in params]
+        for p, r in zip(params, self._ref_tensors, strict=True):
+            p.data = r
+        try:
+            yield
+        finally:
+            for p, d in zip(params, saved):
+                p.data = d
+
+    def export_weights(self, dtype: Optional[torch.dtype] = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """Full HF-named tensors of the current policy (collective: every rank must iterate)."""
+        from spro_mcore.models.export import export_hf_weights
+
+        return export_hf_weights(self.model, self.arch, dtype=dtype, bucket_bytes=self.cfg.rollout.bucket_bytes)
+
+    # ---- log-probs --------------------------------------------------------------------------------
+    def micro_batch_size(self, batch: RolloutBatch) -> int:
+        return max(1, self.cfg.trainer.micro_batch_tokens // batch.input_ids.shape[1])
+
+    @torch.no_grad()
+    def logprobs(self, batch: RolloutBatch, *, reference: bool = False, with_entropy: bool = False):
+        """[B, T] log-probs (and entropy) of the responses under the policy or the reference, computed per
+        mini-batch with the update's micro-batch shapes (so the first update's PPO ratio is exactly 1)."""
+        from spro_mcore.models.logprobs import sequence_logprobs
+
+        T = batch.response_mask.shape[1]
+        models = self._ref_chunks if (reference and self._ref_chunks is not None) else self.model
+        ctx = self._reference_weights() if (reference and self._ref_chunks is None) else contextlib.nullcontext()
+        lps, ents = [], []
+        with ctx:
+            for rows in split_even(len(batch), self.cfg.trainer.mini_batches):
+                idx = torch.tensor(list(rows))
+                lp, ent = sequence_logprobs(
+                    models, batch.input_ids[idx], batch.prompt_lens[idx], batch.response_lens[idx],
+                    temperature=self.cfg.rollout.temperature, with_entropy=with_entropy,
+                    micro_batch_size=self.micro_batch_size(batch), chunk_tokens=self.cfg.model.logprob_chunk_tokens,
+                    response_width=T,
+                )
+                lps.append(lp)
+                ents.append(ent)
+        return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
+
+    # ---- the PPO update ---------------------------------------------------------------------------
+    def update(self, batch: RolloutBatch, advantages: torch.Tensor, old_logprobs: torch.Tensor,
+               ref_logprobs: torch.Tensor) -> dict[str, float]:
+        """`ppo_epochs` passes over `mini_batches` mini-batches, one optimizer step each. Returns the
+        metrics of the loss (token-weighted over the whole batch) plus grad norm, LR and skipped updates."""
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        from spro_mcore.algo.policy_loss import PolicyLossConfig, aggregate_metrics, policy_loss
+        from spro_mcore.models.logprobs import make_forward_step
+
+        a = self.cfg.algo
+        loss_cfg = PolicyLossConfig(
+            eps_low=a.eps_low, eps_high=a.eps_high, dual_clip_c=a.dual_clip_c, loss_agg=a.loss_agg,
+            max_response_length=self.cfg.rollout.max_new_tokens, kl_coef=a.kl_coef, kl_estimator=a.kl_estimator,
+            entropy_coef=a.entropy_coef, tis_cap=a.tis_cap if a.tis else None,
+        )
+        fields = dict(advantages=advantages, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
+                      engine_logprobs=batch.engine_logprobs, response_mask=batch.response_mask.float())
+        mbs = self.micro_batch_size(batch)
+        seq = batch.input_ids.shape[1]
+        step_metrics: list[dict] = []
+        grad_norms, skipped = [], 0
+        for _ in range(self.cfg.trainer.ppo_epochs):
+            for rows in split_even(len(batch), self.cfg.trainer.mini_batches):
+                idx = torch.tensor(list(rows))
+                counts = self._global_counts(batch.response_mask[idx])
+                micro = _micro_batches(batch, fields, idx, mbs)
+
+                def loss_fn(mb, logprobs, entropy):
+                    loss, metrics = policy_loss(
+                        logprobs, mb["old_logprobs"], mb["advantages"], mb["response_mask"], loss_cfg,
+                        global_tokens=counts[0], global_sequences=counts[1], ref_logprobs=mb["ref_logprobs"],
+                        entropy=entropy, engine_logprobs=mb["engine_logprobs"],
+                    )
+                    return loss, torch.tensor(1), metrics
+
+                for m in self.model:
+                    m.zero_grad_buffer()
+                self.optimizer.zero_grad()
+                out = get_forward_backward_func()(
+                    forward_step_func=make_forward_step(
+                        loss_fn, temperature=self.cfg.rollout.temperature, with_entropy=True,
+                        chunk_tokens=self.cfg.model.logprob_chunk_tokens,
+                        response_width=batch.response_mask.shape[1]),
+                    data_iterator=iter(micro) if len(self.model) == 1 else [iter(micro) for _ in self.model],
+                    model=self.model, num_microbatches=len(micro), seq_length=seq, micro_batch_size=mbs,
+                    forward_only=False,
+                )
+                for m in self.model:
+                    m.finish_grad_sync()
+                if self._grads_finite():
+                    _, grad_norm, _ = self.optimizer.step()
+                    self.scheduler.step(increment=1)
+                    grad_norms.append(float(grad_norm) if grad_norm is not None else float("nan"))
+                else:
+                    skipped += 1
+                step_metrics.extend(out)
+        metrics = self._reduce_metrics(aggregate_metrics(step_metrics) if step_metrics else {})
+        metrics["train/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
+        metrics["train/lr"] = self.optimizer.param_groups[0]["lr"]
+        metrics["train/skipped_updates"] = skipped
+        return metrics
+
+    def _global_counts(self, response_mask: torch.Tensor) -> tuple[float, float]:
+        """(tokens, sequences with >= 1 token) of this mini-batch over all data-parallel ranks."""
+        t = torch.tensor([response_mask.sum(), (response_mask.sum(1) > 0).sum()], dtype=torch.float64)
+        if _mpu().get_data_parallel_world_size() > 1:
+            dist.all_reduce(t, group=_mpu().get_data_parallel_group())
+        return float(t[0]), float(t[1])
+
+    def _grads_finite(self) -> bool:
+        local = all(torch.isfinite(p.main_grad).all() for p in self._params() if getattr(p, "main_grad", None) is not None)
+        flag = torch.tensor([0.0 if local else 1.0])
+        dist.all_reduce(flag)
+        return flag.item() == 0.0
+
+    def _reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Loss metrics exist on the last pipeline stage of every data-parallel replica: average them over
+        the replicas and hand the result to every rank (the logger runs on rank 0, a first stage)."""
+        if dist.get_world_size() == 1:
+            return metrics
+        keys = [sorted(metrics)]
+        # pp is the outermost dimension of megatron's rank order: the last global rank is a last stage
+        dist.broadcast_object_list(keys, src=dist.get_world_size() - 1)
+        contributes = _mpu().is_pipeline_last_stage() and _mpu().get_tensor_model_parallel_rank() == 0
+        vals = torch.tensor([metrics.get(k, 0.0) if contributes else 0.0 for k in keys[0]] + [float(contributes)],
+                            dtype=torch.float64)
+        dist.all_reduce(vals)
+        return {k: float(v) / float(vals[-1]) for k, v in zip(keys[0], vals[:-1])}
+
+    # ---- state for checkpoints --------------------------------------------------------------------
+    def chunks(self):
+        return [m.module for m in self.model]
+
+
+def _micro_batches(batch: RolloutBatch, fields: dict[str, torch.Tensor], idx: torch.Tensor, mbs: int) -> list[dict]:
+    """Micro-batches of exactly `mbs` rows (pipeline p2p needs one shape); the last is padded with rows that
+    have no response tokens, which contribute nothing to the loss."""
+    rows = idx.tolist()
+    pad = (-len(rows)) % mbs
+    out = []
+    for start in range(0, len(rows) + pad, mbs):
+        part = rows[start:start + mbs]
+        n_real = len(part)
+        part = part + [rows[-1]] * (mbs - n_real)
+        sel = torch.tensor(part)
+        mb = {
+            "input_ids": batch.input_ids[sel], "prompt_lens": batch.prompt_lens[sel],
+            "response_lens": batch.response_lens[sel].clone(),
+        }
+        for k, v in fields.items():
+            mb[k] = v[sel].clone()
+        if n_real < mbs:
+            mb["response_lens"][n_real:] = 0
+            mb["response_mask"][n_real:] = 0
+        out.append(mb)
+    return out

@@ -1,0 +1,179 @@
+"""The step scheduler. `Trainer.step` reads top to bottom like the diagram in DESIGN.md:
+
+    prompts -> engine.generate (n per prompt) -> rewards
+            -> policy.logprobs (old) + reference.logprobs
+            -> algo.advantages (GRPO outcome term + SPRO MSA)
+            -> policy.update (PPO-clip, Megatron forward-backward + distributed optimizer)
+            -> weight sync (Megatron shards -> HF-named tensors -> engine)
+
+Parallel layout: every data-parallel replica takes its slice of the step's prompts. In each model-parallel
+group (the TP x PP ranks of one replica) the first rank owns the rollout engine, generates and scores, and
+hands the batch to the other ranks of its group; the Megatron passes then run on all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+import torch.distributed as dist
+
+from spro_mcore.algo.registry import compute_advantages, estimator_options
+from spro_mcore.config.schema import Config
+from spro_mcore.parallel.distributed import Layout
+from spro_mcore.rollout.engine import SamplingParams
+from spro_mcore.trainer.actor import MegatronActor
+from spro_mcore.trainer.evaluate import evaluate
+from spro_mcore.trainer.metrics import MetricsLogger, StepTimer
+from spro_mcore.trainer.rollout_batch import RolloutBatch, build_rollout_batch
+from spro_mcore.trainer.setup import Components
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, layout: Layout, parts: Components):
+        self.cfg, self.layout, self.parts = cfg, layout, parts
+        self.actor: MegatronActor = parts.actor
+        self.engine = parts.engine  # None on ranks that do not generate
+        self.step_no = parts.start_step
+        # the algo.* fields the chosen estimator takes (beta and baseline are SPRO's alone)
+        self.estimator_options = {k: getattr(cfg.algo, k) for k in estimator_options(cfg.algo.estimator)}
+
+    # ---- one RL step, as in the diagram --------------------------------------------------------------
+    def step(self) -> dict:
+        cfg, timer = self.cfg, StepTimer()
+        with timer("step"):
+            prompts = self.parts.prompts.next_batch(self.layout)  # this replica's prompts of the step
+
+            with timer("generate"):
+                groups = self._generate(prompts)
+            with timer("reward"):
+                rewards, reward_metrics = self._score(prompts, groups)
+            batch = self._share_batch(prompts, groups, rewards)
+
+            with timer("logprob"):
+                old_logprobs, entropy = self.actor.logprobs(batch, with_entropy=True)
+                ref_logprobs, _ = self.actor.logprobs(batch, reference=True)
+
+            advantages, adv_metrics = compute_advantages(
+                cfg.algo.estimator, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
+                response_mask=batch.response_mask, rewards=batch.rewards, group_ids=batch.group_ids,
+                **self.estimator_options,
+            )
+
+            with timer("update"):
+                update_metrics = self.actor.update(batch, advantages, old_logprobs, ref_logprobs)
+
+            with timer("weight_sync"):
+                sync_metrics = self._sync_weights()
+        self.step_no += 1
+        metrics = {**reward_metrics, **adv_metrics, **update_metrics, **sync_metrics, **timer.times}
+        metrics.update(self._rollout_metrics(batch, old_logprobs, entropy))
+        return self._mean_over_replicas(metrics)
+
+    # ---- the pieces ----------------------------------------------------------------------------------
+    def sampling(self, step: int) -> SamplingParams:
+        r = self.cfg.rollout
+        return SamplingParams(
+            n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens,
+            seed=self.cfg.trainer.seed * 1_000_003 + step * 7919 + self.layout.dp_rank * 104_729,
+        )
+
+    def _generate(self, prompts):
+        if self.engine is None:
+            return None
+        return self.engine.generate([p.token_ids for p in prompts], self.sampling(self.step_no))
+
+    def _score(self, prompts, groups):
+        if groups is None:
+            return None, {}
+        texts = [[self.parts.tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in g] for g in groups]
+        return self.parts.scorer.score_groups(texts, prompts)
+
+    def _share_batch(self, prompts, groups, rewards) -> RolloutBatch:
+        """The owner of the engine builds the batch; the other ranks of its model-parallel group receive it."""
+        batch = None
+        if groups is not None:
+            per_replica = len(prompts)
+            batch = build_rollout_batch(
+                [p.token_ids for p in prompts], groups, rewards, pad_id=self.parts.pad_id,
+                group_offset=(self.step_no * self.layout.dp + self.layout.dp_rank) * per_replica,
+            )
+        from megatron.core import parallel_state as mpu
+
+        group = mpu.get_model_parallel_group()
+        if dist.get_world_size(group) > 1:
+            box = [batch.to_dict() if batch is not None else None]
+            dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0), group=group)
+            batch = RolloutBatch(**box[0])
+        return batch
+
+    def _sync_weights(self) -> dict:
+        """Every rank takes part in the export (TP gathers, PP broadcasts); the engine owner loads it."""
+        start = time.perf_counter()
+        dtype = getattr(torch, self.cfg.rollout.dtype)
+        tensors = self.actor.export_weights(dtype=dtype)
+        if self.engine is not None:
+            stats = self.engine.update_weights(tensors)
+            out = {f"weight_sync/{k}": v for k, v in stats.metrics().items() if not k.startswith("time")}
+        else:
+            for _ in tensors:  # drain: the collectives must run on every rank
+                pass
+            out = {}
+        out["weight_sync/seconds"] = time.perf_counter() - start
+        return out
+
+    def _rollout_metrics(self, batch: RolloutBatch, old_logprobs, entropy) -> dict:
+        mask = batch.response_mask.float()
+        n = mask.sum().clamp(min=1)
+        return {
+            "reward/mean": batch.rewards.mean(),
+            "reward/std": batch.rewards.std() if len(batch) > 1 else torch.tensor(0.0),
+            "response_length/mean": batch.response_lens.float().mean(),
+            "response_length/max": batch.response_lens.max().float(),
+            "entropy/mean": (entropy * mask).sum() / n,
+            "rollout/engine_logprob_abs_diff_mean": ((old_logprobs - batch.engine_logprobs).abs() * mask).sum() / n,
+            "rollout/engine_logprob_abs_diff_max": ((old_logprobs - batch.engine_logprobs).abs() * mask).max(),
+        }
+
+    def _mean_over_replicas(self, metrics: dict) -> dict:
+        """Average scalar metrics over data-parallel replicas (max for */max, sum for nothing else)."""
+        from megatron.core import parallel_state as mpu
+
+        out = {k: float(v) for k, v in metrics.items()}
+        if mpu.get_data_parallel_world_size() == 1:
+            return out
+        rows = [None] * mpu.get_data_parallel_world_size()
+        dist.all_gather_object(rows, out, group=mpu.get_data_parallel_group())
+        merged = {}
+        for k in out:
+            vals = [r[k] for r in rows if k in r]
+            merged[k] = max(vals) if k.endswith("/max") else sum(vals) / len(vals)
+        return merged
+
+    # ---- the run -------------------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        if not self.layout.is_main or self.engine is None:
+            return {}
+        return evaluate(self.engine, self.parts.eval_prompts, self.parts.scorer, self.parts.tokenizer,
+                        max_new_tokens=self.cfg.rollout.max_new_tokens, n=self.cfg.trainer.eval_n,
+                        temperature=self.cfg.trainer.eval_temperature, seed=self.cfg.trainer.seed)
+
+    def fit(self, logger: MetricsLogger, checkpointer=None) -> dict:
+        cfg = self.cfg.trainer
+        last = {}
+        if self.step_no == 0 and cfg.eval_interval:
+            logger.log(0, self.evaluate())
+        while self.step_no < cfg.total_steps:
+            metrics = self.step()
+            step = self.step_no
+            if cfg.eval_interval and (step % cfg.eval_interval == 0 or step == cfg.total_steps):
+                t0 = time.perf_counter()
+                metrics.update(self.evaluate())
+                metrics["time/eval"] = time.perf_counter() - t0
+            last = logger.log(step, metrics)
+            if checkpointer is not None:
+                checkpointer.maybe_save(self, step)
+        return last

@@ -1,0 +1,92 @@
+"""Build what the loop needs from the config: tokenizer, policy/reference actor, rollout engine (on the ranks
+that own one), prompt iterator, held-out prompts and the reward scorer; then resume if a checkpoint says so."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from spro_mcore.config.schema import Config
+from spro_mcore.errors import UserError
+from spro_mcore.parallel.distributed import Layout
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+
+def resolve_model_path(path: str) -> str:
+    """`builtin:<name>` names a model shipped in spro_mcore/assets; anything else is a directory."""
+    if path.startswith("builtin:"):
+        name = path.split(":", 1)[1]
+        resolved = ASSETS / name
+        if not resolved.is_dir():
+            shipped = sorted(p.name for p in ASSETS.iterdir() if p.is_dir()) if ASSETS.is_dir() else []
+            raise UserError(f"model.path={path}: no shipped model {name!r} (shipped: {', '.join(shipped) or 'none'})")
+        return str(resolved)
+    if not Path(path).is_dir():
+        raise UserError(f"model.path={path!r} is not a directory (an HF checkpoint or a Megatron checkpoint)")
+    return path
+
+
+@dataclass
+class Components:
+    actor: Any  # trainer.actor.MegatronActor
+    engine: Any  # rollout.engine.Engine on the rank that owns its model-parallel group's engine, else None
+    tokenizer: Any
+    pad_id: int
+    prompts: Any  # trainer.prompts.PromptSource: next_batch(layout), state_dict(), load_state_dict()
+    eval_prompts: list
+    scorer: Any  # trainer.group_scorer.GroupScorer
+    model_path: str
+    start_step: int = 0
+
+
+def owns_engine(layout: Layout) -> bool:
+    """The first rank of each model-parallel (TP x PP) group generates for its data-parallel replica."""
+    return layout.tp_rank == 0 and layout.pp_rank == 0
+
+
+def build_components(cfg: Config, layout: Layout, *, checkpointer=None) -> Components:
+    from transformers import AutoTokenizer
+
+    from spro_mcore.models.mcore_checkpoint import is_mcore_checkpoint
+    from spro_mcore.rollout.engine import EngineSpec, build_engine
+    from spro_mcore.trainer.actor import MegatronActor
+    from spro_mcore.trainer.group_scorer import GroupScorer
+    from spro_mcore.trainer.prompts import build_prompt_sources
+
+    model_path = resolve_model_path(cfg.model.path)
+    reference_path = resolve_model_path(cfg.model.reference_path) if cfg.model.reference_path else model_path
+    hf_dir = _hf_dir_of(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prompts, eval_prompts = build_prompt_sources(cfg, tokenizer, layout)
+    updates = cfg.trainer.total_steps * cfg.trainer.mini_batches * cfg.trainer.ppo_epochs
+    actor = MegatronActor(cfg, model_path, reference_path, total_updates=updates)
+    engine = None
+    if owns_engine(layout):
+        if is_mcore_checkpoint(model_path):
+            raise UserError(f"model.path={model_path} is a Megatron checkpoint: the rollout engine needs an HF "
+                            f"directory (convert it with `spro-mcore convert mcore-to-hf`)")
+        engine = build_engine(EngineSpec.from_rollout_config(cfg.rollout, hf_dir, seed=cfg.trainer.seed))
+    scorer = GroupScorer(cfg.data.reward_fn, timeout_s=cfg.data.reward_timeout_s)
+    parts = Components(actor=actor, engine=engine, tokenizer=tokenizer, pad_id=pad_id, prompts=prompts,
+                       eval_prompts=eval_prompts, scorer=scorer, model_path=model_path)
+    if checkpointer is not None:
+        parts.start_step = checkpointer.restore(parts)
+    return parts
+
+
+def _hf_dir_of(model_path: str) -> str:
+    """Tokenizer and engine start from the HF directory (a Megatron checkpoint records its template)."""
+    from spro_mcore.models.mcore_checkpoint import is_mcore_checkpoint, read_metadata
+
+    if is_mcore_checkpoint(model_path):
+        template = read_metadata(model_path).get("hf_template")
+        if template and Path(template).is_dir():
+            return template
+        raise UserError(f"{model_path}: a Megatron checkpoint without an HF template directory for the tokenizer")
+    return model_path
