@@ -40,12 +40,14 @@ def grpo_outcome_advantages(rewards: Tensor, group_ids: Tensor, *, std_normalize
     A_i = (r_i - mean_g) / (std_g + eps) with the Bessel (n-1) std, or r_i - mean_g when std_normalize is
     False (Dr. GRPO). Groups of size 1 and groups whose rewards are all equal get exactly 0.
     """
-    return _checked_outcome(rewards, group_ids, std_normalize, eps, torch.float32)
+    return _checked_outcome(rewards, group_ids, std_normalize, eps, torch.float32, None)
 
 
 def _checked_outcome(rewards: Tensor, group_ids: Tensor, std_normalize: bool, eps: float,
-                     min_dtype: torch.dtype) -> Tensor:
-    rewards = check_per_sequence("rewards", rewards, _batch_of(rewards, "rewards"), integer=False)
+                     min_dtype: torch.dtype, batch: int | None) -> Tensor:
+    """grpo_outcome_advantages in at least min_dtype; batch, when given, is the B the rewards must match."""
+    batch = _batch_of(rewards, "rewards") if batch is None else batch
+    rewards = check_per_sequence("rewards", rewards, batch, integer=False)
     group_ids = check_per_sequence("group_ids", group_ids, rewards.shape[0], integer=True)
     check_same_device(rewards=rewards, group_ids=group_ids)
     eps = check_real("eps", eps, minimum=0.0)
@@ -112,11 +114,12 @@ def spro_advantage_terms(old_logprobs: Tensor, ref_logprobs: Tensor, response_ma
     old_logprobs = check_token_matrix("old_logprobs", old_logprobs)
     shape = tuple(old_logprobs.shape)
     check_token_matrix("ref_logprobs", ref_logprobs, shape)
+    check_same_device(old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
+                      **{k: v for k, v in (("response_mask", response_mask), ("rewards", rewards),
+                                           ("group_ids", group_ids)) if isinstance(v, Tensor)})
     # the outcome term in the token dtype, so that A^GRPO + MSA carries no float32 rounding in float64
     dtype = _work_dtype(old_logprobs.dtype, ref_logprobs.dtype)
-    outcome = _checked_outcome(rewards, group_ids, std_normalize, eps, dtype)
-    if outcome.shape[0] != shape[0]:
-        raise ValueError(f"rewards has {outcome.shape[0]} entries but the log-probs have B = {shape[0]} rows")
+    outcome = _checked_outcome(rewards, group_ids, std_normalize, eps, dtype, shape[0])
     tokens = msa_plus_outcome(outcome, old_logprobs, ref_logprobs, response_mask, group_ids,
                               beta=beta, baseline=baseline)
     return tokens, outcome
