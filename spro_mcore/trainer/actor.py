@@ -15,7 +15,6 @@ so the accumulated gradient equals the gradient of the one-big-batch loss.
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Iterator, Optional
 
 import torch
@@ -136,14 +135,14 @@ class MegatronActor:
         metrics of the loss (token-weighted over the whole batch) plus grad norm, LR and skipped updates."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
-        from spro_mcore.algo.policy_loss import PolicyLossConfig, aggregate_metrics, policy_loss
+        from spro_mcore.algo.policy_loss import ppo_policy_loss
         from spro_mcore.models.logprobs import make_forward_step
 
         a = self.cfg.algo
-        loss_cfg = PolicyLossConfig(
-            eps_low=a.eps_low, eps_high=a.eps_high, dual_clip_c=a.dual_clip_c, loss_agg=a.loss_agg,
-            max_response_length=self.cfg.rollout.max_new_tokens, kl_coef=a.kl_coef, kl_estimator=a.kl_estimator,
-            entropy_coef=a.entropy_coef, tis_cap=a.tis_cap if a.tis else None,
+        loss_options = dict(
+            loss_agg=a.loss_agg, norm_len=float(self.cfg.rollout.max_new_tokens), eps_low=a.eps_low,
+            eps_high=a.eps_high, dual_clip_c=a.dual_clip_c, kl_coef=a.kl_coef, kl_estimator=a.kl_estimator,
+            entropy_coef=a.entropy_coef, tis_cap=a.tis_cap,
         )
         fields = dict(advantages=advantages, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
                       engine_logprobs=batch.engine_logprobs, response_mask=batch.response_mask.float())
@@ -157,11 +156,12 @@ class MegatronActor:
                 counts = self._global_counts(batch.response_mask[idx])
                 micro = _micro_batches(batch, fields, idx, mbs)
 
-                def loss_fn(mb, logprobs, entropy):
-                    loss, metrics = policy_loss(
-                        logprobs, mb["old_logprobs"], mb["advantages"], mb["response_mask"], loss_cfg,
-                        global_tokens=counts[0], global_sequences=counts[1], ref_logprobs=mb["ref_logprobs"],
-                        entropy=entropy, engine_logprobs=mb["engine_logprobs"],
+                def loss_fn(mb, logprobs, entropy, counts=counts):
+                    # this micro-batch's additive share of the mini-batch loss (global counts)
+                    loss, metrics = ppo_policy_loss(
+                        logprobs, mb["old_logprobs"], mb["advantages"], mb["response_mask"],
+                        global_num_tokens=counts[0], global_num_seqs=counts[1], ref_logprobs=mb["ref_logprobs"],
+                        entropy=entropy, engine_logprobs=mb["engine_logprobs"] if a.tis else None, **loss_options,
                     )
                     return loss, torch.tensor(1), metrics
 
@@ -185,8 +185,10 @@ class MegatronActor:
                     grad_norms.append(float(grad_norm) if grad_norm is not None else float("nan"))
                 else:
                     skipped += 1
-                step_metrics.extend(out)
-        metrics = self._reduce_metrics(aggregate_metrics(step_metrics) if step_metrics else {})
+                step_metrics.append(_sum_shares(out))
+        # shares add up to each mini-batch's value; report the mean over the optimizer steps
+        local = {k: sum(m[k] for m in step_metrics) / len(step_metrics) for k in (step_metrics[0] if step_metrics else {})}
+        metrics = self._sum_over_replicas(local)
         metrics["train/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
         metrics["train/lr"] = self.optimizer.param_groups[0]["lr"]
         metrics["train/skipped_updates"] = skipped
@@ -205,23 +207,31 @@ class MegatronActor:
         dist.all_reduce(flag)
         return flag.item() == 0.0
 
-    def _reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Loss metrics exist on the last pipeline stage of every data-parallel replica: average them over
-        the replicas and hand the result to every rank (the logger runs on rank 0, a first stage)."""
+    def _sum_over_replicas(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Loss metrics are additive shares that exist on the last pipeline stage of each data-parallel
+        replica: sum them over the replicas (once per replica, not per TP rank) onto every rank."""
         if dist.get_world_size() == 1:
             return metrics
         keys = [sorted(metrics)]
         # pp is the outermost dimension of megatron's rank order: the last global rank is a last stage
         dist.broadcast_object_list(keys, src=dist.get_world_size() - 1)
         contributes = _mpu().is_pipeline_last_stage() and _mpu().get_tensor_model_parallel_rank() == 0
-        vals = torch.tensor([metrics.get(k, 0.0) if contributes else 0.0 for k in keys[0]] + [float(contributes)],
-                            dtype=torch.float64)
+        vals = torch.tensor([metrics.get(k, 0.0) if contributes else 0.0 for k in keys[0]], dtype=torch.float64)
         dist.all_reduce(vals)
-        return {k: float(v) / float(vals[-1]) for k, v in zip(keys[0], vals[:-1])}
+        return {k: float(v) for k, v in zip(keys[0], vals)}
 
     # ---- state for checkpoints --------------------------------------------------------------------
     def chunks(self):
         return [m.module for m in self.model]
+
+
+def _sum_shares(outputs: list[dict]) -> dict[str, float]:
+    """Sum the per-micro-batch metric shares megatron's schedule returns (empty off the last stage)."""
+    out: dict[str, float] = {}
+    for m in outputs:
+        for k, v in m.items():
+            out[k] = out.get(k, 0.0) + float(v)
+    return out
 
 
 def _micro_batches(batch: RolloutBatch, fields: dict[str, torch.Tensor], idx: torch.Tensor, mbs: int) -> list[dict]:
