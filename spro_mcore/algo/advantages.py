@@ -3,7 +3,7 @@
 Definitions: shared/spec/ALGORITHM.md. Shapes: B sequences, T response positions, left-aligned (column 0 is
 the first generated token), right padding. Everything runs under no_grad, vectorised over groups given by
 arbitrary integer ids (non-contiguous, uneven sizes), in float32 or float64 (lower precisions compute in
-float32), on any device.
+float32), on any device. The trainer gets advantages and their metrics in one call from registry.py.
 """
 from __future__ import annotations
 
@@ -154,8 +154,8 @@ def msa_plus_outcome(outcome: Tensor, old_logprobs: Tensor, ref_logprobs: Tensor
         torch.sub(old_logprobs, ref_logprobs, out=out)
     else:
         torch.sub(old_logprobs.to(dtype), ref_logprobs.to(dtype), out=out)
-    # R / beta. Masking after the prefix sum is enough: padding lies after every response token, and
-    # whatever it holds only reaches padding positions, which are zeroed here.
+    # out = R / beta (beta is applied in the product below). Masking after the prefix sum is enough:
+    # padding lies after every response token, so whatever it holds (even NaN) only reaches padding.
     out.cumsum_(dim=1)
     torch.where(mask, out, zero, out=out)
 
