@@ -137,6 +137,8 @@ class EngineSpec:
     bucket_bytes: int = 512 << 20  # bytes per weight-sync bucket
     request_timeout_s: float = 600.0  # HTTP timeout per server request
     max_retries: int = 3  # HTTP retries with back-off before failing
+    release_memory: bool = False  # server engines: sleep()/wake() call the servers' memory release endpoints
+    nccl_master: str = ""  # weight_sync=nccl (SGLang): "host:port" of this trainer rank for the broadcast group
     seed: int = 0  # engine-level seed (vLLM)
 
     @classmethod

@@ -47,7 +47,7 @@ class VllmServerEngine(Engine):
     def from_spec(cls, spec: EngineSpec) -> "VllmServerEngine":
         return cls(spec.server_urls, model_path=spec.model_path, dtype=spec.dtype, bucket_bytes=spec.bucket_bytes,
                    weight_sync_dir=spec.weight_sync_dir, timeout_s=spec.request_timeout_s,
-                   max_retries=spec.max_retries)
+                   max_retries=spec.max_retries, release_memory=spec.release_memory)
 
     def _payload(self, prompt: list[int], sampling: SamplingParams, seed: Optional[int]) -> dict:
         payload = {

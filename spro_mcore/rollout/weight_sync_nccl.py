@@ -1,0 +1,84 @@
+"""Broadcast transport for CUDA clusters: trainer rank 0 sends each tensor to the engine workers over a
+process group of its own (NCCL on GPUs; gloo works the same way and is what the CPU test uses).
+
+The group is separate from the trainer's default group (its own TCP rendezvous, store prefix and name), the
+way SGLang's `/init_weights_update_group` builds it on the engine side, so both ends agree: the trainer is
+rank 0, engine worker ranks start at `rank_offset`. Per bucket, the receiver is told names, dtypes and
+shapes (SGLang: `/update_weights_from_distributed`), then every tensor is broadcast from rank 0 in order.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Iterable
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class BucketMeta:
+    """What a receiver allocates before the broadcasts of one bucket (SGLang's request fields)."""
+
+    names: list[str]
+    dtypes: list[str]  # torch dtype names without the "torch." prefix ("bfloat16")
+    shapes: list[list[int]]
+
+    @classmethod
+    def of(cls, bucket: list[tuple[str, torch.Tensor]]) -> "BucketMeta":
+        return cls([n for n, _ in bucket], [str(t.dtype).removeprefix("torch.") for _, t in bucket],
+                   [list(t.shape) for _, t in bucket])
+
+    def as_json(self) -> dict:
+        return {"names": self.names, "dtypes": self.dtypes, "shapes": self.shapes}
+
+
+def init_broadcast_group(master_address: str, master_port: int, rank: int, world_size: int,
+                         group_name: str = "weight_update_group", backend: str = "nccl",
+                         timeout: timedelta = timedelta(minutes=10)) -> dist.ProcessGroup:
+    """Join a new process group outside the default one (which may not exist or may be the trainer's)."""
+    from torch.distributed.distributed_c10d import (
+        Backend, PrefixStore, _new_process_group_helper, _world, rendezvous,
+    )
+
+    store, rank, world_size = next(rendezvous(f"tcp://{master_address}:{master_port}", rank, world_size,
+                                              timeout=timeout))
+    store.set_timeout(timeout)
+    options = "backend_options" if "backend_options" in inspect.signature(_new_process_group_helper).parameters \
+        else "pg_options"  # renamed in torch 2.6
+    group, _ = _new_process_group_helper(world_size, rank, [], Backend(backend), PrefixStore(group_name, store),
+                                         group_name=group_name, timeout=timeout, **{options: None})
+    _world.pg_group_ranks[group] = {i: i for i in range(world_size)}
+    return group
+
+
+def broadcast_bucket(group: dist.ProcessGroup, bucket: list[tuple[str, torch.Tensor]]) -> None:
+    """Rank 0's side: every tensor of the bucket, in order (tensors must be on the group's device)."""
+    for _, tensor in bucket:
+        dist.broadcast(tensor, src=0, group=group)
+
+
+def receive_bucket(group: dist.ProcessGroup, meta: BucketMeta, device: torch.device | str = "cpu"
+                   ) -> list[tuple[str, torch.Tensor]]:
+    """An engine worker's side (what SGLang does): allocate from the metadata, receive in the same order."""
+    out = []
+    for name, dtype, shape in zip(meta.names, meta.dtypes, meta.shapes):
+        tensor = torch.empty(shape, dtype=getattr(torch, dtype), device=device)
+        dist.broadcast(tensor, src=0, group=group)
+        out.append((name, tensor))
+    return out
+
+
+def destroy_group(group: dist.ProcessGroup) -> None:
+    dist.destroy_process_group(group)
+
+
+def send_all(group: dist.ProcessGroup, buckets: Iterable[list[tuple[str, torch.Tensor]]], announce) -> None:
+    """For each bucket: `announce(BucketMeta)` (starts the receivers, e.g. an HTTP call in a thread, and
+    returns a callable that waits for them), broadcast, then wait."""
+    for bucket in buckets:
+        wait = announce(BucketMeta.of(bucket))
+        broadcast_bucket(group, bucket)
+        wait()

@@ -1,0 +1,148 @@
+"""A STAND-IN for an SGLang server (SGLang cannot be installed on this CPU machine): a small local HTTP server
+that implements exactly the request/response shapes of SGLang's documented native API that the adapter uses
+(sglang `srt/entrypoints/http_server.py` and `srt/managers/io_struct.py`):
+
+- GET  /health -> 200
+- POST /generate  GenerateReqInput {"input_ids": [[int]] | [int], "sampling_params": [dict] | dict,
+  "return_logprob": bool} -> one dict per input (a list for batched input_ids):
+  {"output_ids": [int], "meta_info": {"id", "finish_reason": {"type": "stop", "matched": int} |
+  {"type": "length", "length": int}, "prompt_tokens", "completion_tokens",
+  "output_token_logprobs": [[logprob, token_id, null], ...]}}
+- POST /update_weights_from_disk {"model_path": str, ...} -> {"success", "message", "num_paused_requests"}
+  (HTTP 200, or 400 with success=false)
+- GET|POST /flush_cache -> 200 text "Cache flushed...";
+- GET|POST /release_memory_occupation, /resume_memory_occupation -> 200 (empty JSON body: null)
+
+Behind it is a real HF transformers model, sampled token by token at temperature T and returning
+log_softmax(logits / T) of each sampled token (SGLang's default log-probs). It records every call so
+tests can check which endpoints the adapter used, and can be told to fail the next N calls of an endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import torch
+
+
+class FakeSglang:
+    def __init__(self, model_path: str):
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+        self.lock = threading.Lock()
+        self.calls: list[str] = []
+        self.fail: dict[str, tuple[int, int]] = {}  # path -> (remaining, status)
+        self.memory_released = False
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def fail_next(self, path: str, times: int, status: int):
+        self.fail[path] = (times, status)
+
+    # --- endpoints -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, req: dict):
+        single = isinstance(req["input_ids"][0], int)
+        inputs = [req["input_ids"]] if single else req["input_ids"]
+        params = req.get("sampling_params") or {}
+        params = params if isinstance(params, list) else [params] * len(inputs)
+        if len(params) != len(inputs):
+            return 400, {"error": {"message": "sampling_params and input_ids differ in length"}}
+        outs = [self._one(ids, p, bool(req.get("return_logprob"))) for ids, p in zip(inputs, params)]
+        return 200, outs[0] if single else outs
+
+    def _one(self, prompt: list[int], p: dict, return_logprob: bool) -> dict:
+        temperature, max_new = p.get("temperature", 1.0), p.get("max_new_tokens", 128)
+        stop = set(p.get("stop_token_ids") or [])
+        if not p.get("ignore_eos", False):
+            stop.add(self.model.config.eos_token_id)
+        gen = torch.Generator()
+        gen.manual_seed(p["sampling_seed"] if "sampling_seed" in p else torch.seed())
+        out, entries, finish = [], [], {"type": "length", "length": max_new}
+        step = self.model(torch.tensor([prompt]), use_cache=True)
+        for _ in range(max_new):
+            logprobs = torch.log_softmax(step.logits[0, -1].float() / temperature, -1)
+            tok = int(torch.multinomial(logprobs.exp(), 1, generator=gen))
+            step = self.model(torch.tensor([[tok]]), past_key_values=step.past_key_values, use_cache=True)
+            out.append(tok)
+            entries.append([float(logprobs[tok]), tok, None])
+            if tok in stop:
+                finish = {"type": "stop", "matched": tok}
+                break
+        meta = {"id": "fake", "finish_reason": finish, "prompt_tokens": len(prompt), "completion_tokens": len(out),
+                "cached_tokens": 0}
+        if return_logprob:
+            meta["output_token_logprobs"] = entries
+        return {"output_ids": out, "meta_info": meta}
+
+    @torch.no_grad()
+    def update_weights_from_disk(self, req: dict):
+        from safetensors.torch import load_file
+
+        folder = Path(req["model_path"])
+        shards = sorted(folder.glob("*.safetensors"))
+        if not shards:
+            return 400, {"success": False, "message": f"no safetensors files in {folder}", "num_paused_requests": 0}
+        state = {}
+        for f in shards:
+            state.update(load_file(str(f)))
+        self.model.load_state_dict(state, strict=False)
+        return 200, {"success": True, "message": "Succeeded to update model weights.", "num_paused_requests": 0}
+
+    # --- HTTP plumbing ---------------------------------------------------------------------------------
+    def _route(self, method: str, path: str, body: dict | None):
+        self.calls.append(path)
+        remaining, status = self.fail.get(path, (0, 0))
+        if remaining:
+            self.fail[path] = (remaining - 1, status)
+            return status, {"success": False, "message": f"injected failure ({status})"}
+        if path == "/health" and method == "GET":
+            return 200, None
+        if path == "/generate" and method == "POST":
+            return self.generate(body)
+        if path == "/update_weights_from_disk" and method == "POST":
+            return self.update_weights_from_disk(body)
+        if path == "/flush_cache":
+            return 200, "Cache flushed.\nPlease check backend logs for more details. (When there are running or " \
+                        "waiting requests, the operation will not be performed.)\n"
+        if path in ("/release_memory_occupation", "/resume_memory_occupation"):
+            self.memory_released = path == "/release_memory_occupation"
+            return 200, None
+        return 404, {"detail": "Not Found"}
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self, method):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                with fake.lock:
+                    status, payload = fake._route(method, self.path.split("?")[0], body)
+                data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain" if isinstance(payload, str) else "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._serve("GET")
+
+            def do_POST(self):
+                self._serve("POST")
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
