@@ -63,11 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from spro_mcore.errors import UserError
+    from spro_mcore.errors import bad_input_errors
 
     try:
         return int(args.fn(args) or 0)
-    except UserError as e:
+    except bad_input_errors() as e:
         print(f"spro-mcore {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -14,7 +14,7 @@ CORRECT = 1.0 - 1e-6
 
 def evaluate(engine, prompts, scorer, tokenizer, *, max_new_tokens: int, n: int, temperature: float,
              seed: int) -> dict[str, float]:
-    ids = [p.token_ids for p in prompts]
+    ids = [p.input_ids for p in prompts]
     if not ids:
         return {}
 

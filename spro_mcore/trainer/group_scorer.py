@@ -16,10 +16,10 @@ class GroupScorer:
         self.timeout_s = timeout_s
 
     def score_groups(self, texts: list[list[str]], prompts) -> tuple[list[list[float]], dict[str, float]]:
-        """`texts[i]` are the responses to `prompts[i]` (which carry `.answer` and `.meta`)."""
+        """`texts[i]` are the responses to `prompts[i]` (data.PromptItem: `.answer`, `.metadata`)."""
         flat = [t for group in texts for t in group]
         answers = [p.answer for p, group in zip(prompts, texts) for _ in group]
-        meta = [p.meta for p, group in zip(prompts, texts) for _ in group]
+        meta = [p.metadata for p, group in zip(prompts, texts) for _ in group]
         result = score_responses(self.fn, flat, answers, meta, timeout_s=self.timeout_s)
         rewards, k = [], 0
         for group in texts:

@@ -84,7 +84,7 @@ class Trainer:
     def _generate(self, prompts):
         if self.engine is None:
             return None
-        return self.engine.generate([p.token_ids for p in prompts], self.sampling(self.step_no))
+        return self.engine.generate([p.input_ids for p in prompts], self.sampling(self.step_no))
 
     def _score(self, prompts, groups):
         if groups is None:
@@ -98,7 +98,7 @@ class Trainer:
         if groups is not None:
             per_replica = len(prompts)
             batch = build_rollout_batch(
-                [p.token_ids for p in prompts], groups, rewards, pad_id=self.parts.pad_id,
+                [p.input_ids for p in prompts], groups, rewards, pad_id=self.parts.pad_id,
                 group_offset=(self.step_no * self.layout.dp + self.layout.dp_rank) * per_replica,
             )
         from megatron.core import parallel_state as mpu
