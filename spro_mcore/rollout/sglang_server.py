@@ -15,9 +15,10 @@ Request/response shapes used (SGLang `io_struct.py` / `http_server.py`):
   --enable-memory-saver) for sleep()/wake().
 
 Log-probs: SGLang returns log_softmax(logits / T) over the whole vocabulary (the launcher must not set
-SGLANG_RETURN_ORIGINAL_LOGPROB, which would drop the temperature). It does not renormalise them over a top-k /
-top-p set, so those are rejected here: with them on, the log-probs would not be of the distribution sampled.
-Reproducible seeds need servers started with --enable-deterministic-inference.
+SGLANG_RETURN_ORIGINAL_LOGPROB, which would drop the temperature), not renormalised over a top-k / top-p set.
+With top-k this adapter asks for the k top log-probs (`top_logprobs_num`, answered in
+`meta_info.output_top_logprobs`) and renormalises over them, which is exact; top-p cannot be renormalised
+from what SGLang returns and is rejected. Reproducible seeds need --enable-deterministic-inference.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class SglangServerEngine(Engine):
                    engine_world_size=len(spec.server_urls) * spec.engine_tp)
 
     def _sampling_params(self, sampling: SamplingParams, seed: Optional[int]) -> dict:
-        params = {"temperature": sampling.temperature, "top_p": 1.0, "top_k": -1,
+        params = {"temperature": sampling.temperature, "top_p": 1.0, "top_k": sampling.top_k,
                   "max_new_tokens": sampling.max_new_tokens, "skip_special_tokens": False}
         if self.eos_token_ids is None:  # the server knows EOS from its tokenizer
             params.update(ignore_eos=not sampling.stop_on_eos, stop_token_ids=list(sampling.stop_token_ids))
@@ -85,9 +86,10 @@ class SglangServerEngine(Engine):
 
     def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingParams) -> list[list[Sample]]:
         check_prompts(prompt_token_ids)
-        if sampling.top_k != -1 or sampling.top_p < 1.0:
-            raise EngineError("sglang engine: top_k/top_p are not supported: SGLang's log-probs are not "
-                              "renormalised over the kept tokens, so they would not be of the sampled distribution")
+        if sampling.top_p < 1.0:
+            raise EngineError("sglang engine: top_p < 1 is not supported: SGLang's log-probs are not renormalised "
+                              "over the nucleus, so they would not be of the distribution sampled from")
+        top_k = sampling.top_k if sampling.top_k != -1 else 0
 
         def one_group(url: str, item: tuple[int, list[int]]) -> list[Sample]:
             i, prompt = item
@@ -98,16 +100,18 @@ class SglangServerEngine(Engine):
                                     for j in range(sampling.n)],
                 "return_logprob": True,
             }
+            if top_k:
+                payload["top_logprobs_num"] = top_k
             outs = self.pool.request(url, "POST", "/generate", payload)
             if not isinstance(outs, list) or len(outs) != sampling.n:
                 raise EngineError(f"sglang server at {url}: asked for {sampling.n} samples of prompt {i}, got "
                                   f"{type(outs).__name__} {len(outs) if isinstance(outs, list) else ''}")
-            return [self._sample(url, i, out) for out in outs]
+            return [self._sample(url, i, out, renormalise=bool(top_k)) for out in outs]
 
         return self.pool.round_robin(one_group, list(enumerate(prompt_token_ids)))
 
     @staticmethod
-    def _sample(url: str, i: int, out: dict) -> Sample:
+    def _sample(url: str, i: int, out: dict, renormalise: bool) -> Sample:
         meta = out["meta_info"]
         reason = meta["finish_reason"]["type"] if meta.get("finish_reason") else None
         if reason not in ("stop", "length"):
@@ -116,7 +120,14 @@ class SglangServerEngine(Engine):
         tokens = list(out["output_ids"])
         if [e[1] for e in entries] != tokens:
             raise EngineError(f"sglang server at {url}: output_token_logprobs do not match output_ids for prompt {i}")
-        return Sample(tokens, [float(e[0]) for e in entries], reason)
+        logprobs = [float(e[0]) for e in entries]
+        if renormalise:  # over the top-k set the token was drawn from
+            for t, (tok, top) in enumerate(zip(tokens, meta["output_top_logprobs"])):
+                kept = torch.tensor([e[0] for e in top], dtype=torch.float64)
+                if tok not in [e[1] for e in top]:
+                    raise EngineError(f"sglang server at {url}: sampled token {tok} is outside its top-k set")
+                logprobs[t] -= torch.logsumexp(kept, 0).item()
+        return Sample(tokens, logprobs, reason)
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> SyncStats:
         sent: set[str] = set()

@@ -4,17 +4,19 @@ that implements exactly the request/response shapes of SGLang's documented nativ
 
 - GET  /health -> 200
 - POST /generate  GenerateReqInput {"input_ids": [[int]] | [int], "sampling_params": [dict] | dict,
-  "return_logprob": bool} -> one dict per input (a list for batched input_ids):
+  "return_logprob": bool, "top_logprobs_num": int} -> one dict per input (a list for batched input_ids):
   {"output_ids": [int], "meta_info": {"id", "finish_reason": {"type": "stop", "matched": int} |
   {"type": "length", "length": int}, "prompt_tokens", "completion_tokens",
-  "output_token_logprobs": [[logprob, token_id, null], ...]}}
+  "output_token_logprobs": [[logprob, token_id, null], ...],
+  "output_top_logprobs": [[[logprob, token_id, null], ...top_logprobs_num...], ...]}}
 - POST /update_weights_from_disk {"model_path": str, ...} -> {"success", "message", "num_paused_requests"}
   (HTTP 200, or 400 with success=false)
 - GET|POST /flush_cache -> 200 text "Cache flushed...";
 - GET|POST /release_memory_occupation, /resume_memory_occupation -> 200 (empty JSON body: null)
 
 Behind it is a real HF transformers model, sampled token by token at temperature T and returning
-log_softmax(logits / T) of each sampled token (SGLang's default log-probs). It records every call so
+log_softmax(logits / T) of each sampled token (SGLang's default log-probs: with top_k the token is drawn
+from the renormalised top-k set, but the log-probs stay those of the whole tempered distribution). It records every call so
 tests can check which endpoints the adapter used, and can be told to fail the next N calls of an endpoint.
 """
 
@@ -58,21 +60,28 @@ class FakeSglang:
         params = params if isinstance(params, list) else [params] * len(inputs)
         if len(params) != len(inputs):
             return 400, {"error": {"message": "sampling_params and input_ids differ in length"}}
-        outs = [self._one(ids, p, bool(req.get("return_logprob"))) for ids, p in zip(inputs, params)]
+        outs = [self._one(ids, p, bool(req.get("return_logprob")), int(req.get("top_logprobs_num") or 0))
+                for ids, p in zip(inputs, params)]
         return 200, outs[0] if single else outs
 
-    def _one(self, prompt: list[int], p: dict, return_logprob: bool) -> dict:
-        temperature, max_new = p.get("temperature", 1.0), p.get("max_new_tokens", 128)
+    def _one(self, prompt: list[int], p: dict, return_logprob: bool, top_logprobs_num: int) -> dict:
+        temperature, max_new, top_k = p.get("temperature", 1.0), p.get("max_new_tokens", 128), p.get("top_k", -1)
         stop = set(p.get("stop_token_ids") or [])
         if not p.get("ignore_eos", False):
             stop.add(self.model.config.eos_token_id)
         gen = torch.Generator()
         gen.manual_seed(p["sampling_seed"] if "sampling_seed" in p else torch.seed())
-        out, entries, finish = [], [], {"type": "length", "length": max_new}
+        out, entries, tops, finish = [], [], [], {"type": "length", "length": max_new}
         step = self.model(torch.tensor([prompt]), use_cache=True)
         for _ in range(max_new):
             logprobs = torch.log_softmax(step.logits[0, -1].float() / temperature, -1)
-            tok = int(torch.multinomial(logprobs.exp(), 1, generator=gen))
+            probs = logprobs.exp()
+            if top_k > 0:
+                probs[probs < probs.topk(top_k).values[-1]] = 0.0
+            tok = int(torch.multinomial(probs, 1, generator=gen))
+            if top_logprobs_num:
+                best = logprobs.topk(top_logprobs_num)
+                tops.append([[float(v), int(i), None] for v, i in zip(best.values, best.indices)])
             step = self.model(torch.tensor([[tok]]), past_key_values=step.past_key_values, use_cache=True)
             out.append(tok)
             entries.append([float(logprobs[tok]), tok, None])
@@ -83,6 +92,8 @@ class FakeSglang:
                 "cached_tokens": 0}
         if return_logprob:
             meta["output_token_logprobs"] = entries
+            if top_logprobs_num:
+                meta["output_top_logprobs"] = tops
         return {"output_ids": out, "meta_info": meta}
 
     @torch.no_grad()

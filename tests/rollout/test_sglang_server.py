@@ -12,7 +12,9 @@ import pytest
 from spro_mcore.rollout.engine import EngineError, EngineSpec, SamplingParams, build_engine
 from spro_mcore.rollout.server_pool import ServerPool
 from spro_mcore.parallel.distributed import free_port
-from tests.rollout.engine_contract import check_parity_across_update, check_seeded_sampling, check_stop_token
+from tests.rollout.engine_contract import (
+    check_parity_across_update, check_seeded_sampling, check_stop_token, check_top_k_logprobs,
+)
 from tests.rollout.fake_sglang_server import FakeSglang
 from tests.rollout.rollout_helpers import hf_state_dict, long_prompts
 
@@ -60,9 +62,13 @@ def test_stop_token(engine):
     check_stop_token(engine)
 
 
-def test_top_k_is_rejected(engine):
-    with pytest.raises(EngineError, match="top_k/top_p are not supported"):
-        engine.generate([[5, 6]], SamplingParams(top_k=5))
+def test_top_k_logprobs_are_renormalised_over_the_kept_tokens(engine, tiny_models):
+    check_top_k_logprobs(engine, tiny_models[(True, "a")])
+
+
+def test_top_p_is_rejected(engine):
+    with pytest.raises(EngineError, match="top_p < 1 is not supported"):
+        engine.generate([[5, 6]], SamplingParams(top_p=0.9))
 
 
 def test_sleep_and_wake_release_and_resume_memory(engine, servers):
