@@ -1,7 +1,10 @@
 import os
 
-import pytest
-import torch
+# before torch loads OpenMP (see spro_mcore/__init__.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -111,19 +111,15 @@ class Trainer:
         return batch
 
     def _sync_weights(self) -> dict:
-        """Every rank takes part in the export (TP gathers, PP broadcasts); the engine owner loads it."""
-        start = time.perf_counter()
-        dtype = getattr(torch, self.cfg.rollout.dtype)
-        tensors = self.actor.export_weights(dtype=dtype)
-        if self.engine is not None:
-            stats = self.engine.update_weights(tensors)
-            out = {f"weight_sync/{k}": v for k, v in stats.metrics().items() if not k.startswith("time")}
-        else:
+        """Every rank takes part in the export (TP gathers, PP broadcasts); the engine owner loads it.
+        (time/weight_sync, export included, comes from the step timer.)"""
+        tensors = self.actor.export_weights(dtype=getattr(torch, self.cfg.rollout.dtype))
+        if self.engine is None:
             for _ in tensors:  # drain: the collectives must run on every rank
                 pass
-            out = {}
-        out["weight_sync/seconds"] = time.perf_counter() - start
-        return out
+            return {}
+        stats = self.engine.update_weights(tensors)
+        return {k: v for k, v in stats.metrics().items() if not k.startswith("time/")}
 
     def _rollout_metrics(self, batch: RolloutBatch, old_logprobs, entropy) -> dict:
         mask = batch.response_mask.float()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 
 from spro_mcore.config import load_config, to_yaml, validate_world_size
@@ -19,6 +20,12 @@ def _start(config_path, overrides):
 
     cfg = load_config(config_path, overrides)
     logging.basicConfig(level=cfg.logging.level, format="%(asctime)s %(name)s: %(message)s")
+    if cfg.logging.level != "DEBUG":  # megatron-core lists every parameter and config field at INFO
+        logging.getLogger("megatron").setLevel(logging.WARNING)
+        # deprecation chatter of megatron-core / torch.distributed, once per process and rank
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex|CUDA_DEVICE_MAX_CONNECTIONS).*")
     init_process_group(cfg.parallel.timeout_minutes)
     dp = validate_world_size(cfg, dist.get_world_size())
     if cfg.data.prompts_per_step % dp:
