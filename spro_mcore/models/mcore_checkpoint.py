@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from spro_mcore.models.hf_checkpoint import CheckpointError
 from spro_mcore.models.unwrap import as_list, unwrap
@@ -76,6 +77,14 @@ def read_metadata(ckpt_dir: str) -> dict[str, Any]:
     return meta
 
 
+def _reason(e: BaseException) -> str:
+    """One line: torch's CheckpointException (a BaseException) wraps per-rank failures with tracebacks."""
+    failures = getattr(e, "failures", None)
+    if failures:
+        e = next(iter(failures.values()))
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 def load_mcore_checkpoint(models, ckpt_dir: str) -> dict[str, Any]:
     """Load the dist checkpoint into `models` (this rank's chunks, any TP/PP). Returns the metadata."""
     from megatron.core import dist_checkpointing
@@ -91,8 +100,8 @@ def load_mcore_checkpoint(models, ckpt_dir: str) -> dict[str, Any]:
             state = dist_checkpointing.load(_sharded_state_dict(chunks), ckpt_dir)
         except CheckpointError:
             raise
-        except Exception as e:  # missing/corrupt shard files, mismatched shapes
-            raise CheckpointError(f"cannot load Megatron checkpoint {ckpt_dir!r}: {type(e).__name__}: {e}") from e
+        except (Exception, CheckpointException) as e:  # missing/corrupt shard files, mismatched shapes
+            raise CheckpointError(f"cannot load Megatron checkpoint {ckpt_dir!r}: {_reason(e)}") from e
         if len(chunks) == 1:
             chunks[0].load_state_dict(state["model"])
         else:
