@@ -9,10 +9,14 @@
 - In-process tensors need the worker in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0, engine_tp=1); with
   engine_tp > 1 the workers are other processes and the update goes through a safetensors folder.
 - The engine gets no tokenizer: prompts are token ids, EOS ids come from the checkpoint's config.
+- Inside a torch.distributed job vLLM adopts the existing default process group as its world: that works for
+  a one-rank trainer (the CPU quickstart) and is refused for more ranks (vLLM would build its groups over
+  every trainer rank); use server mode there. vLLM's shutdown would destroy that group: `close()` keeps it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 from typing import Iterable, Optional
@@ -52,8 +56,14 @@ class VllmEngine(Engine):
                  gpu_memory_utilization: float = 0.5, tensor_parallel_size: int = 1, max_model_len: int = 4096,
                  seed: int = 0, bucket_bytes: int = 512 << 20, weight_sync: str = "auto",
                  weight_sync_dir: str = ""):
+        import torch.distributed as dist
         import vllm
 
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            raise EngineError(f"vllm colocated engine: cannot start inside a {dist.get_world_size()}-rank "
+                              "torch.distributed job (vLLM would take the job's world group as its own); use "
+                              "rollout.mode=server with launch/vllm_server.sh, or rollout.engine=hf")
+        self._trainer_owns_world = dist.is_initialized()
         self.model_path = model_path
         self.dtype = engine_dtype(dtype)
         self.bucket_bytes = bucket_bytes
@@ -155,7 +165,27 @@ class VllmEngine(Engine):
             return
         self.llm = None
         try:
-            llm.llm_engine.engine_core.shutdown()
+            with _keep_default_process_group() if self._trainer_owns_world else contextlib.nullcontext():
+                llm.llm_engine.engine_core.shutdown()
         finally:
             del llm
             gc.collect()
+
+
+@contextlib.contextmanager
+def _keep_default_process_group():
+    """vLLM's in-process shutdown destroys torch's default process group; when the trainer created it, only
+    vLLM's own groups may go."""
+    import torch.distributed as dist
+
+    original = dist.destroy_process_group
+
+    def destroy(group=None):
+        if group is not None:
+            original(group)
+
+    dist.destroy_process_group = destroy
+    try:
+        yield
+    finally:
+        dist.destroy_process_group = original
