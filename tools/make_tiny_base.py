@@ -1,0 +1,229 @@
+"""Make the tiny base policy shipped at ``spro_mcore/assets/tiny_base/`` (deterministic from ``--seed``).
+
+1. Train a small tokenizer with the ``tokenizers`` library: character-level BPE over printable ASCII
+   (digits always single tokens, so numbers are spelled digit by digit), a few merges learnt from the task
+   text, byte fallback so any text round-trips, specials ``<|endoftext|>`` (EOS) and ``<|pad|>``, padded
+   with reserved tokens to a vocabulary that is a multiple of 128.
+2. Build a Qwen2 model (hidden 128, 4 layers, 4 heads / 2 KV heads: head_dim 32, tied embeddings).
+3. Supervised fine-tuning on the synthetic arithmetic task from *imperfect* demonstrations: a fraction of
+   them carries an arithmetic slip that propagates to a wrong final answer, and training stops early, so
+   the policy emits the step format and EOS but is right only part of the time: room for RL to improve.
+4. Save in HF format (float32 safetensors) and print held-out greedy and sampled (T=1) accuracy.
+
+Prompt format (plain text, no chat template): ``"Q: 3+4*2-5=\\n"``; response ``"4*2=8\\n3+8=11\\n11-5=6\\nA: 6"``
+followed by EOS. See ``spro_mcore/data/synthetic_arithmetic.py``.
+
+Usage: ``python tools/make_tiny_base.py [--out spro_mcore/assets/tiny_base] [--seed 0]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import string
+import time
+from pathlib import Path
+
+# OpenMP's default busy-waiting makes 2 threads ~20x slower when other processes share the 2 cores;
+# must be set before torch loads OpenMP
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+
+from spro_mcore.data.synthetic_arithmetic import Problem, generate_split, solve  # noqa: E402
+from spro_mcore.rewards.synthetic_arithmetic import arithmetic_reward  # noqa: E402
+
+EOS, PAD = "<|endoftext|>", "<|pad|>"
+VOCAB_MULTIPLE = 128
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "spro_mcore" / "assets" / "tiny_base"
+
+
+def build_tokenizer(corpus: list[str], max_merges: int = 16) -> PreTrainedTokenizerFast:
+    alphabet = [c for c in string.printable if c not in "\r\x0b\x0c"]  # printable ASCII + space, \n, \t
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Digits(individual_digits=True)  # merges never glue digits
+    trainer = trainers.BpeTrainer(
+        vocab_size=2 + len(alphabet) + max_merges,
+        special_tokens=[EOS, PAD],
+        initial_alphabet=alphabet,
+        limit_alphabet=len(alphabet),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(corpus, trainer=trainer)
+    trained = json.loads(bpe.to_str())["model"]
+    vocab: dict[str, int] = dict(trained["vocab"])
+    for b in range(256):  # byte fallback: any character outside the alphabet round-trips as UTF-8 bytes
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    n_reserved = -len(vocab) % VOCAB_MULTIPLE
+    reserved = [f"<|reserved_{i}|>" for i in range(n_reserved)]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in trained["merges"]]
+
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Digits(individual_digits=True)
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    tok.add_special_tokens([EOS, PAD])  # already in the vocab (ids 0, 1): marks them special
+    tok.add_special_tokens(reserved)  # new ids, right after the byte tokens
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, model_max_length=512)
+    assert len(hf) % VOCAB_MULTIPLE == 0, len(hf)
+    return hf
+
+
+def build_model(tokenizer: PreTrainedTokenizerFast, seed: int) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # head_dim 32: the smallest vLLM's CPU backend accepts
+        max_position_embeddings=512,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        max_window_layers=4,  # no sliding window anywhere (it is off anyway)
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype="float32",
+    )
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = None
+    return model
+
+
+def demonstrations(problems: list[Problem], slip_prob: float, rng: random.Random) -> list[str]:
+    """Responses to imitate; with probability ``slip_prob`` one step's result is off by a small amount."""
+    out = []
+    for p in problems:
+        if rng.random() < slip_prob:
+            k = rng.randrange(len(p.steps))
+            p = solve(p.expression, slips={k: rng.choice([-10, -2, -1, 1, 1, 2, 10])})
+        out.append(p.response)
+    return out
+
+
+def encode_examples(tokenizer, prompts: list[str], responses: list[str]) -> list[tuple[list[int], int]]:
+    """Token ids of prompt + response + EOS, and the number of prompt tokens (not trained on)."""
+    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+    return [(p + r + [tokenizer.eos_token_id], len(p)) for p, r in zip(p_ids, r_ids)]
+
+
+def sft(model, tokenizer, examples, steps: int, batch_size: int, lr: float, seed: int, log_every: int = 100,
+        every: int = 0, callback=None):
+    g = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+    model.train()
+    order: list[int] = []
+    for step in range(steps):
+        if len(order) < batch_size:
+            order += g.sample(range(len(examples)), len(examples))
+        batch = [examples[i] for i in order[:batch_size]]
+        del order[:batch_size]
+        T = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((len(batch), T), tokenizer.pad_token_id)
+        labels = torch.full((len(batch), T), -100)
+        attn = torch.zeros((len(batch), T), dtype=torch.long)
+        for b, (ids, n_prompt) in enumerate(batch):
+            input_ids[b, : len(ids)] = torch.tensor(ids)
+            labels[b, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+            attn[b, : len(ids)] = 1
+        loss = model(input_ids=input_ids, attention_mask=attn, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            print(f"step {step:5d}  loss {loss.item():.4f}  lr {sched.get_last_lr()[0]:.2e}", flush=True)
+        if callback and every and (step + 1) % every == 0:
+            model.eval()
+            callback(step + 1)
+            model.train()
+    model.eval()
+
+
+@torch.no_grad()
+def accuracy(model, tokenizer, problems: list[Problem], do_sample: bool, seed: int = 0, batch_size: int = 256):
+    """Fraction of ``problems`` whose generated response has the right ``A:`` line (and the EOS rate)."""
+    torch.manual_seed(seed)
+    tokenizer.padding_side = "left"
+    correct = ended = 0
+    for i in range(0, len(problems), batch_size):
+        chunk = problems[i : i + batch_size]
+        enc = tokenizer([p.prompt for p in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+        out = model.generate(
+            **enc, max_new_tokens=64, do_sample=do_sample, temperature=1.0 if do_sample else None,
+            top_k=0 if do_sample else None, top_p=1.0 if do_sample else None,
+        )
+        gen = out[:, enc["input_ids"].shape[1] :]
+        for p, ids in zip(chunk, gen.tolist()):
+            ended += tokenizer.eos_token_id in ids
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            correct += arithmetic_reward(text, str(p.answer)) == 1.0
+    return correct / len(problems), ended / len(problems)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-size", type=int, default=20000)
+    ap.add_argument("--eval-size", type=int, default=500)
+    ap.add_argument("--slip-prob", type=float, default=0.3)
+    ap.add_argument("--steps", type=int, default=1600)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--eval-every", type=int, default=0, help="also report greedy accuracy every N steps")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    t0 = time.time()
+
+    train = generate_split("train", args.train_size, seed=args.seed)
+    test = generate_split("test", args.eval_size, seed=args.seed)
+    corpus = [p.prompt + p.response for p in train]
+    tokenizer = build_tokenizer(corpus)
+    model = build_model(tokenizer, args.seed)
+    print(f"vocab {len(tokenizer)}, params {sum(p.numel() for p in model.parameters()):,}")
+
+    demos = demonstrations(train, args.slip_prob, random.Random(args.seed))
+    examples = encode_examples(tokenizer, [p.prompt for p in train], demos)
+    def report(step):  # exploration only; harmless to the result: training draws no torch random numbers
+        print(f"after {step} steps: greedy acc, eos rate {accuracy(model, tokenizer, test[:200], False)}", flush=True)
+
+    sft(model, tokenizer, examples, args.steps, args.batch_size, args.lr, args.seed, every=args.eval_every, callback=report)
+    t_train = time.time() - t0
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    tokenizer.padding_side = "right"
+    tokenizer.save_pretrained(args.out)
+    model.save_pretrained(args.out)  # float32 safetensors
+    greedy, greedy_eos = accuracy(model, tokenizer, test, do_sample=False)
+    sampled, sampled_eos = accuracy(model, tokenizer, test, do_sample=True, seed=args.seed)
+    card = {  # deterministic content only, so that a re-run reproduces every file
+        "made_by": "tools/make_tiny_base.py",
+        "args": {k: v for k, v in vars(args).items() if k not in ("out", "eval_every")},
+        "dtype": "float32",
+        "prompt_format": "Q: 3+4*2-5=\\n  ->  4*2=8\\n3+8=11\\n11-5=6\\nA: 6<|endoftext|> (plain text, no chat template)",
+        "held_out": {"split": "test", "seed": args.seed, "problems": len(test)},
+        "greedy_acc": greedy, "greedy_eos_rate": greedy_eos,
+        "sampled_t1_acc": sampled, "sampled_t1_eos_rate": sampled_eos,
+    }
+    (args.out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    size = sum(f.stat().st_size for f in args.out.iterdir())
+    print(json.dumps({**card, "size_bytes": size, "make_seconds": round(t_train, 1)}))
+
+if __name__ == "__main__":
+    main()
