@@ -45,6 +45,7 @@ def save_training_state(actor, ckpt_dir: str, *, async_save: bool = False):
 def load_training_state(actor, ckpt_dir: str) -> None:
     """Collective: fill the actor's model chunks, optimizer and scheduler from `ckpt_dir`."""
     from megatron.core import dist_checkpointing
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
     for opt in _optimizers(actor.optimizer):
         if hasattr(opt, "_set_main_param_and_optimizer_states"):  # the DistributedOptimizer
@@ -54,7 +55,7 @@ def load_training_state(actor, ckpt_dir: str) -> None:
         state = dist_checkpointing.load(request, ckpt_dir)
     except CheckpointError:
         raise
-    except Exception as e:  # missing shards, a layout that cannot be resharded, unreadable files
+    except (Exception, CheckpointException) as e:  # missing shards, unreshardable layout, unreadable files
         raise CheckpointError(f"cannot load training checkpoint {ckpt_dir}: {type(e).__name__}: {e}") from e
     chunks = [unwrap(m) for m in as_list(actor.model)]
     if len(chunks) == 1:

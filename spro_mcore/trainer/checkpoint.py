@@ -1,0 +1,424 @@
+"""Checkpoints of the whole training state, resume, preemption, fault stops and the final HF export.
+
+A checkpoint of step N holds everything a run needs to continue as if it had never stopped: policy weights,
+optimizer state (distributed optimizer), LR schedule (one megatron-core dist checkpoint), the data iterator
+position, every rank's RNG states and where the reference weights come from. Layout and atomicity rules:
+`checkpoint_files`; the Megatron part: `checkpoint_state`.
+
+The loop's contract:
+    restore(parts) -> start step        (build_components, once the actor, prompts and engine exist)
+    maybe_save(trainer, step, metrics)  (after every step: periodic save, non-finite stop)
+    with on_preemption(trainer): fit()  (SIGTERM/SIGINT -> stop at a step boundary, save, exit 0;
+                                         an engine failure -> save, one clear error)
+    stop_requested                      (collective; checked by the loop after every step)
+    finish(trainer)                     (final checkpoint + HF export)
+Every method is collective: all ranks call it at the same point.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+from spro_mcore.config.schema import Config
+from spro_mcore.errors import UserError
+from spro_mcore.models.hf_checkpoint import CheckpointError
+from spro_mcore.parallel.distributed import Layout
+from spro_mcore.trainer import checkpoint_files as files
+from spro_mcore.trainer.checkpoint_preemption import PreemptionFlag, any_rank
+from spro_mcore.trainer.checkpoint_rng import capture_rng, reseed, restore_rng
+from spro_mcore.trainer.checkpoint_state import load_training_state, optimizer_step_count, save_training_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Boundary:
+    """The non-Megatron training state right after a step: what a checkpoint of that step records."""
+
+    step: int
+    optimizer_steps: Optional[int]  # tells whether the weights moved since (the LR schedule's step count)
+    prompts: Any
+    rng: dict
+
+
+class Checkpointer:
+    def __init__(self, cfg: Config, layout: Layout):
+        self.cfg, self.layout = cfg, layout
+        c = cfg.checkpoint
+        self.dir = Path(c.dir) if c.dir else Path(cfg.trainer.output_dir) / "checkpoints"
+        self.last_saved_step: Optional[int] = None
+        self.resumed_from: Optional[Path] = None
+        self._flag = PreemptionFlag()
+        self._stop = False
+        self._queue = None  # megatron-core AsyncCallsQueue (async_save)
+        self._parts = None
+        self._boundary: Optional[Boundary] = None
+        self._hf_template: Optional[str] = None
+        self._reference: dict = {}
+        self._nonfinite_in_row = 0
+
+    # ---- resume --------------------------------------------------------------------------------------
+    def restore(self, parts) -> int:
+        """Load the checkpoint chosen by checkpoint.resume into `parts`; return the step to continue from."""
+        from spro_mcore.trainer.setup import _hf_dir_of
+
+        self._parts = parts
+        self._hf_template = os.path.abspath(_hf_dir_of(parts.model_path))
+        self._reference = self._reference_source()
+        if self.layout.is_main:
+            for p in files.remove_stale(self.dir):
+                log.info("removed %s (left by an interrupted save)", p)
+        candidates, explicit = self._candidates()
+        step, problems = 0, []
+        for ckpt in candidates:
+            problem = self._verify(ckpt)
+            if problem is None:
+                step = self._load(ckpt, parts)
+                self.resumed_from = ckpt
+                break
+            problems.append(problem)
+            if explicit:
+                raise CheckpointError(f"checkpoint.resume={self.cfg.checkpoint.resume}: {problem}")
+            if self.layout.is_main:
+                log.warning("%s; falling back to the previous complete checkpoint", problem)
+        else:
+            if problems:
+                raise CheckpointError(
+                    f"no usable checkpoint in {self.dir} ({'; '.join(problems)}); they are kept as they are: "
+                    "set checkpoint.resume=never to start over, or point checkpoint.resume at another checkpoint")
+        self._set_aside_newer_than(step)
+        if step > 0:
+            self._sync_engine(parts)
+            self.last_saved_step = step
+        self._boundary = self._capture(step)
+        return step
+
+    def _candidates(self) -> tuple[list[Path], bool]:
+        """(checkpoints to try in order, explicit) on rank 0, shared with every rank."""
+        resume = self.cfg.checkpoint.resume
+        box: list[Any] = [None]
+        if self.layout.is_main:
+            try:
+                if resume == "never":
+                    box[0] = ([], False)
+                elif resume == "auto":
+                    box[0] = (files.complete_checkpoints(self.dir), False)
+                else:
+                    p = Path(resume)
+                    if files.step_of(p) is not None or (p / files.MANIFEST).is_file():
+                        box[0] = ([p], True)
+                    elif p.is_dir() and (files.complete_checkpoints(p) or files.incomplete_checkpoints(p)):
+                        box[0] = (files.complete_checkpoints(p), False)
+                    else:
+                        box[0] = CheckpointError(f"checkpoint.resume={resume}: {p} is neither a checkpoint "
+                                                 "(step_<N>) nor a directory of checkpoints")
+            except OSError as e:
+                box[0] = CheckpointError(f"cannot read checkpoint directory {self.dir}: {e}")
+        _broadcast(box)
+        if isinstance(box[0], Exception):
+            raise box[0]
+        return box[0]
+
+    def _verify(self, ckpt: Path) -> Optional[str]:
+        """Collective: None when `ckpt` is complete and intact on every rank's share, else the problem."""
+        try:
+            files.verify(ckpt, (self.layout.rank, self.layout.world_size))
+            problem = None
+        except CheckpointError as e:
+            problem = str(e)
+        if dist.get_world_size() > 1:
+            found = [None] * dist.get_world_size()
+            dist.all_gather_object(found, problem)
+            problem = next((p for p in found if p), None)
+        return problem
+
+    def _load(self, ckpt: Path, parts) -> int:
+        try:
+            state = torch.load(ckpt / files.TRAINER_STATE, weights_only=False)
+        except Exception as e:  # noqa: BLE001 - a verified file that does not unpickle
+            raise CheckpointError(f"checkpoint {ckpt}: cannot read {files.TRAINER_STATE} ({e})") from None
+        load_training_state(parts.actor, str(ckpt))
+        parts.prompts.load_state_dict(state["prompts"])
+        if state["layout"] == self._layout_key():
+            restore_rng(torch.load(files.rng_file(ckpt, self.layout.rank), weights_only=False))
+        else:
+            if self.layout.is_main:
+                log.warning("checkpoint %s was written with layout %s, this run is %s: model and optimizer are "
+                            "resharded; RNG streams are re-seeded (the run no longer repeats an uninterrupted one "
+                            "bit for bit)", ckpt, state["layout"], self._layout_key())
+            reseed(self.cfg.trainer.seed, state["step"])
+        self._restore_reference(state["reference"], parts.actor)
+        if self.layout.is_main:
+            log.info("resumed from %s (step %d)", ckpt, state["step"])
+        return int(state["step"])
+
+    def _set_aside_newer_than(self, step: int) -> None:
+        """Checkpoints past the resume point belong to an abandoned attempt (found bad, or the user resumed
+        from an older one): rename them away so that they never mix with this run's. Never deleted."""
+        if self.layout.is_main and self.dir.is_dir():
+            for p in files.complete_checkpoints(self.dir) + files.incomplete_checkpoints(self.dir):
+                if files.step_of(p) > step and (self.resumed_from is None or p.resolve() != self.resumed_from.resolve()):
+                    aside = p.with_name(f"{p.name}.abandoned-{time.time_ns()}")
+                    os.replace(p, aside)
+                    log.warning("kept %s aside as %s: this run continues from step %d", p, aside.name, step)
+            if self.resumed_from is not None and self.resumed_from.parent.resolve() == self.dir.resolve():
+                files.write_latest(self.dir, self.resumed_from)
+            elif (self.dir / files.LATEST).exists() and not files.complete_checkpoints(self.dir):
+                (self.dir / files.LATEST).unlink()
+        _barrier()
+
+    def _sync_engine(self, parts) -> None:
+        """The engine still serves the initial weights: give it the restored policy (export is collective)."""
+        tensors = parts.actor.export_weights(dtype=getattr(torch, self.cfg.rollout.dtype))
+        if parts.engine is not None:
+            parts.engine.update_weights(tensors)
+        else:
+            for _ in tensors:
+                pass
+
+    def _reference_source(self) -> dict:
+        from spro_mcore.trainer.setup import resolve_model_path
+
+        m = self.cfg.model
+        path = resolve_model_path(m.reference_path) if m.reference_path else self._parts.model_path
+        return {"mode": m.reference_mode, "path": os.path.abspath(path)}
+
+    def _restore_reference(self, saved: dict, actor) -> None:
+        """The reference must stay the one the run started with, even if model.path now names another model
+        (e.g. a resumed run pointed at a checkpoint)."""
+        if saved["path"] == self._reference["path"]:
+            return
+        if not os.path.isdir(saved["path"]):
+            if self.layout.is_main:
+                log.warning("the run's reference weights came from %s, which no longer exists; using %s",
+                            saved["path"], self._reference["path"])
+            return
+        if self.layout.is_main:
+            log.warning("reference weights: the run started with %s (config now says %s); reloading them from %s",
+                        saved["path"], self._reference["path"], saved["path"])
+        from spro_mcore.models.loader import load_model
+
+        chunks, _ = load_model(saved["path"], self.cfg.model)
+        src = [p for c in chunks for p in c.parameters()]
+        dst = ([p for c in actor._ref_chunks for p in c.parameters()] if actor._ref_chunks is not None
+               else actor._ref_tensors)
+        with torch.no_grad():
+            for d, s in zip(dst, src, strict=True):
+                d.copy_(s)
+        self._reference = dict(saved)
+
+    # ---- saving --------------------------------------------------------------------------------------
+    def maybe_save(self, trainer, step: int, metrics: Optional[dict] = None) -> None:
+        """After every step: periodic checkpoint, and the stop after too many non-finite updates in a row."""
+        self._finalize_async(blocking=False)
+        self._boundary = self._capture(step)
+        problem = self._nonfinite_problem(metrics)
+        if problem is not None:
+            path = self._save(self._boundary)
+            self._finalize_async(blocking=True)
+            raise UserError(f"{problem}; the training state is saved in {path}: lower optim.lr or check the "
+                            "data, then rerun to resume")
+        interval = self.cfg.checkpoint.interval
+        if interval and step % interval == 0:
+            self._save(self._boundary)
+
+    def _capture(self, step: int) -> Boundary:
+        actor = self._parts.actor
+        return Boundary(step=step, optimizer_steps=optimizer_step_count(actor),
+                        prompts=copy.deepcopy(self._parts.prompts.state_dict()), rng=capture_rng())
+
+    def _save(self, b: Boundary) -> Path:
+        """Write checkpoint `b.step` (collective); with async_save the Megatron files are written in the
+        background and the checkpoint is committed when that finishes. Returns its final path."""
+        from spro_mcore.models.mcore_checkpoint import METADATA
+
+        self._finalize_async(blocking=True)  # one save in flight at a time
+        box = [files.new_partial_name(b.step)]
+        _broadcast(box)
+        partial = self.dir / box[0]
+        if self.layout.is_main:
+            partial.mkdir(parents=True)
+        _barrier()
+        start = time.perf_counter()
+        request = save_training_state(self._parts.actor, str(partial), async_save=self.cfg.checkpoint.async_save)
+        (partial / files.RNG_DIR).mkdir(exist_ok=True)
+        torch.save(b.rng, files.rng_file(partial, self.layout.rank))
+        if self.layout.is_main:
+            torch.save(self._trainer_state(b), partial / files.TRAINER_STATE)
+            (partial / METADATA).write_text(json.dumps(self._model_metadata(), indent=2))
+        final = self.dir / files.step_name(b.step)
+        if request is None:
+            self._commit(b.step, partial, start)
+        else:
+            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+            request.finalize_fns.append(lambda: self._commit(b.step, partial, start))
+            if self._queue is None:
+                self._queue = AsyncCallsQueue()
+            self._queue.schedule_async_request(request)
+        return final
+
+    def _commit(self, step: int, partial: Path, start: float) -> None:
+        """Collective, once every rank's files are written: manifest (checksums computed in parallel over the
+        ranks), rename into place, move `latest`, prune."""
+        _barrier()
+        box = [files.list_files(partial) if self.layout.is_main else None]
+        _broadcast(box)
+        mine = {rel: files.file_digest(partial / rel, fsync=True)
+                for rel in box[0][self.layout.rank::self.layout.world_size]}
+        digests = [mine]
+        if dist.get_world_size() > 1:
+            digests = [None] * dist.get_world_size()
+            dist.all_gather_object(digests, mine)
+        if self.layout.is_main:
+            all_digests = {k: v for d in digests for k, v in d.items()}
+            files.write_manifest(partial, all_digests, {"step": step, "time": time.time()})
+            final = self.dir / files.step_name(step)
+            kept = files.commit(partial, final)
+            if kept is not None:
+                log.warning("kept the earlier %s aside as %s", final, kept.name)
+            files.check_sizes(final, files.read_manifest(final))  # verified before `latest` moves
+            files.write_latest(self.dir, final)
+            for p in files.prune(self.dir, self.cfg.checkpoint.keep_last, protect=final):
+                log.info("removed old checkpoint %s", p)
+            log.info("saved checkpoint %s (%.1fs)", final, time.perf_counter() - start)
+        _barrier()
+        self.last_saved_step = step
+
+    def _finalize_async(self, blocking: bool) -> None:
+        if self._queue is not None and self._queue.get_num_unfinalized_calls():
+            self._queue.maybe_finalize_async_calls(blocking=blocking)
+
+    def _trainer_state(self, b: Boundary) -> dict:
+        return {"format": 1, "step": b.step, "prompts": b.prompts, "reference": self._reference,
+                "layout": self._layout_key(), "seed": self.cfg.trainer.seed, "time": time.time()}
+
+    def _layout_key(self) -> dict:
+        lay = self.layout
+        return {"world_size": lay.world_size, "tp": lay.tp, "pp": lay.pp, "dp": lay.dp, "cp": lay.cp,
+                "vpp": self.cfg.parallel.vpp}
+
+    def _model_metadata(self) -> dict:
+        """As `models.mcore_checkpoint` writes it: the checkpoint doubles as a model checkpoint."""
+        from spro_mcore.models.mcore_checkpoint import FORMAT
+
+        actor = self._parts.actor
+        chunk, arch = actor.chunks()[0], actor.arch
+        return {
+            "format": FORMAT, "version": 1, "architecture": (arch.config.get("architectures") or [arch.family])[0],
+            "model_type": arch.family, "dtype": str(chunk.config.params_dtype).replace("torch.", ""),
+            "padded_vocab_size": chunk.vocab_size, "vocab_size": arch.vocab_size,
+            "saved_with": {"tp": self.layout.tp, "pp": self.layout.pp}, "hf_config": dict(arch.config),
+            "hf_template": self._hf_template,
+        }
+
+    # ---- non-finite updates --------------------------------------------------------------------------
+    def _nonfinite_problem(self, metrics: Optional[dict]) -> Optional[str]:
+        """Skipped (non-finite) updates are counted in a row across steps whose every update was skipped."""
+        if not metrics or "train/skipped_updates" not in metrics:
+            return None
+        t = self.cfg.trainer
+        skipped = int(round(float(metrics["train/skipped_updates"])))
+        self._nonfinite_in_row = self._nonfinite_in_row + skipped if skipped >= t.mini_batches * t.ppo_epochs else 0
+        limit = self.cfg.optim.max_nonfinite_in_row
+        if limit > 0 and self._nonfinite_in_row >= limit:
+            return (f"{self._nonfinite_in_row} updates in a row had a non-finite loss or gradient and were skipped "
+                    f"(optim.max_nonfinite_in_row={limit})")
+        return None
+
+    # ---- preemption and faults -----------------------------------------------------------------------
+    def on_preemption(self, trainer) -> "_PreemptionScope":
+        return _PreemptionScope(self, trainer)
+
+    @property
+    def stop_requested(self) -> bool:
+        """Collective: True on every rank once any rank got SIGTERM/SIGINT."""
+        self._stop = self._stop or any_rank(self._flag.signum is not None)
+        return self._stop
+
+    def save_on_stop(self, trainer) -> Path:
+        """Checkpoint the last step boundary (unless it is saved already) and wait for it to be complete."""
+        self._finalize_async(blocking=True)  # a pending save may be this very step
+        b = self._boundary
+        if b is None or b.step != trainer.step_no:
+            b = self._capture(trainer.step_no)
+        if self.last_saved_step != b.step:
+            self._save(b)
+            self._finalize_async(blocking=True)
+        return self.dir / files.step_name(b.step)
+
+    def save_after_fault(self, trainer) -> Path:
+        """After an exception inside a step. If the weights did not move since the last step boundary
+        (the failure came before the update), that boundary is saved and the step is redone on resume;
+        otherwise the step's update is kept and saved as finished (its metrics row is lost)."""
+        b = self._boundary
+        unchanged = trainer.step_no == b.step and optimizer_step_count(self._parts.actor) == b.optimizer_steps
+        if not unchanged:
+            b = self._capture(max(trainer.step_no, b.step + 1))
+            if self.layout.is_main:
+                log.warning("the failure came after step %d's update: saving it as finished", b.step)
+        self._boundary = b
+        return self.save_on_stop(trainer)
+
+    # ---- the end -------------------------------------------------------------------------------------
+    def finish(self, trainer) -> None:
+        """Final checkpoint (unless just saved) and, with checkpoint.export_hf, <output_dir>/hf_final."""
+        from spro_mcore.trainer.checkpoint_export import export_policy
+
+        self.save_on_stop(trainer)
+        if self.cfg.checkpoint.export_hf:
+            out = export_policy(self._parts.actor, Path(self.cfg.trainer.output_dir) / "hf_final", self._hf_template)
+            if self.layout.is_main:
+                log.info("exported the final policy to %s", out)
+        if self._queue is not None:
+            self._queue.close()
+
+
+class _PreemptionScope:
+    """`with checkpointer.on_preemption(trainer):` around the loop (see the module docstring)."""
+
+    def __init__(self, checkpointer: Checkpointer, trainer):
+        self.ckpt, self.trainer = checkpointer, trainer
+
+    def __enter__(self):
+        self.ckpt._flag.install()
+        return self.ckpt
+
+    def __exit__(self, exc_type, exc, tb):
+        from spro_mcore.rollout.engine import EngineError
+
+        ckpt = self.ckpt
+        ckpt._flag.uninstall()
+        if exc_type is None:
+            if ckpt._stop or any_rank(ckpt._flag.signum is not None):
+                path = ckpt.save_on_stop(self.trainer)
+                if ckpt.layout.is_main:
+                    log.warning("stopped at step %d on request; checkpoint %s; rerun the same command to resume",
+                                self.trainer.step_no, path)
+                raise SystemExit(0)
+            return False
+        if issubclass(exc_type, EngineError):
+            path = ckpt.save_after_fault(self.trainer)
+            raise UserError(f"the rollout engine failed ({exc}); the training state is saved in {path}: "
+                            "rerun the same command to resume once the engine works") from exc
+        return False
+
+
+def _broadcast(box: list) -> None:
+    if dist.get_world_size() > 1:
+        dist.broadcast_object_list(box, src=0)
+
+
+def _barrier() -> None:
+    if dist.get_world_size() > 1:
+        dist.barrier()
