@@ -1,0 +1,160 @@
+"""Benchmark: the chunked vocab-parallel log-prob/entropy kernel against the naive full-logits path, and
+Megatron's forward log-prob pass against HF transformers on the same tiny model.
+
+Part 1 (kernel): hidden states [T, H] and an output layer [V, H] with a realistic vocabulary (151,936),
+T >= 8192 tokens and a small hidden size. Each variant runs in a fresh subprocess; its *extra* peak memory
+is the process's peak RSS (ru_maxrss) during the call minus its RSS before it (inputs excluded). Naive =
+fp32 logits [T, V] + log_softmax (+ entropy from softmax): what the kernel replaces. Goal: chunked extra
+peak <= 10% of naive.
+
+Part 2 (model): a tiny Qwen2 HF checkpoint; log-probs of every token of a [B, L] batch via HF transformers
+(sdpa, log_softmax of the full logits) and via Megatron (`sequence_logprobs`, one process), best of N.
+
+All figures are ratios measured side by side in this run; absolute numbers on shared machines are not
+comparable across runs.
+
+    python tools/bench/bench_logprobs.py [--tokens 8192] [--vocab 151936] [--hidden 64] [--chunks 1024,256]
+                                         [--train-tokens 2048] [--skip-model]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+
+def _rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def _kernel_worker(variant: str, tokens: int, vocab: int, hidden: int, chunk: int, train: bool) -> dict:
+    from spro_mcore.models.logprob_kernel import reference_logprobs, vocab_parallel_logprobs
+
+    torch.manual_seed(0)
+    h = (torch.randn(tokens, hidden) * 0.5).requires_grad_(train)
+    w = (torch.randn(vocab, hidden) * 0.1).requires_grad_(train)
+    targets = torch.randint(0, vocab, (tokens,))
+    if variant == "naive" and train:
+        fn = lambda: reference_logprobs(h, w, targets, vocab_size=vocab)  # noqa: E731
+    elif variant == "naive":  # log-prob only: fp32 logits, log_softmax, gather
+        fn = lambda: (torch.log_softmax(h @ w.t(), -1).gather(-1, targets[:, None]), None)  # noqa: E731
+    else:
+        fn = lambda: vocab_parallel_logprobs(h, w, targets, vocab_size=vocab, chunk_tokens=chunk,  # noqa: E731
+                                             with_entropy=train)
+    base = _rss_bytes()
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    t0 = time.perf_counter()
+    if train:
+        lp, ent = fn()
+        (lp.sum() + ent.sum()).backward()
+    else:
+        with torch.no_grad():
+            lp, _ = fn()
+    elapsed = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"extra_peak": max(peak, peak_before) - base, "seconds": elapsed, "checksum": float(lp.sum())}
+
+
+def _model_worker(hf_dir: str, batch: int, length: int, repeats: int) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    from spro_mcore.models import load_model, sequence_logprobs
+    from spro_mcore.parallel import initialize_model_parallel
+
+    ids = torch.randint(0, 500, (batch, length), generator=torch.Generator().manual_seed(0))
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
+    initialize_model_parallel(1, 1)
+    chunks, _ = load_model(hf_dir)
+    ones, resp = torch.ones(batch, dtype=torch.long), torch.full((batch,), length - 1)
+
+    def run_hf():
+        with torch.no_grad():
+            logits = hf(ids).logits.float()
+            return torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+    def run_mcore():
+        return sequence_logprobs(chunks, ids, ones, resp)[0]
+
+    diff = (run_hf() - run_mcore()).abs().max().item()
+    times = {"hf": [], "megatron": []}
+    for _ in range(repeats):  # interleaved, best of N
+        for name, fn in (("hf", run_hf), ("megatron", run_mcore)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    tok = batch * (length - 1)
+    return {"hf_tok_s": tok / min(times["hf"]), "mcore_tok_s": tok / min(times["megatron"]), "max_abs_diff": diff}
+
+
+def _spawn(kind: str, **kwargs) -> dict:
+    code = (f"import json, sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+            f"import bench_logprobs as b; print('RESULT', json.dumps(b._{kind}_worker(**json.loads(sys.argv[1]))))")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"{kind} worker {kwargs} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:7.2f} GiB"
+
+
+def bench_kernel(tokens: int, vocab: int, hidden: int, chunks: list[int], train: bool) -> None:
+    mode = "forward+backward, log-prob + entropy" if train else "forward, log-prob"
+    print(f"\n[kernel] {mode}: T={tokens} tokens, V={vocab}, H={hidden} (fp32)")
+    naive = _spawn("kernel", variant="naive", tokens=tokens, vocab=vocab, hidden=hidden, chunk=0, train=train)
+    print(f"  naive full logits   extra peak {_gib(naive['extra_peak'])}   {tokens / naive['seconds']:9.0f} tok/s")
+    for c in chunks:
+        r = _spawn("kernel", variant="chunked", tokens=tokens, vocab=vocab, hidden=hidden, chunk=c, train=train)
+        print(f"  chunked ({c:5d} tok) extra peak {_gib(r['extra_peak'])}   {tokens / r['seconds']:9.0f} tok/s   "
+              f"memory ratio {r['extra_peak'] / naive['extra_peak']:6.3f}   speed ratio "
+              f"{naive['seconds'] / r['seconds']:5.2f}x   |checksum diff| {abs(r['checksum'] - naive['checksum']):.2e}")
+
+
+def bench_model(batch: int, length: int, repeats: int) -> None:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    from tests.models.tiny_hf import make_tiny
+
+    with tempfile.TemporaryDirectory() as d:
+        make_tiny(d, "qwen2", vocab=512, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2)
+        r = _spawn("model", hf_dir=d, batch=batch, length=length, repeats=repeats)
+    print(f"\n[model] tiny Qwen2 (4 layers, hidden 256, vocab 512), B={batch} x L={length}, fp32, 1 process")
+    print(f"  HF transformers (sdpa) {r['hf_tok_s']:9.0f} tok/s")
+    print(f"  Megatron local spec    {r['mcore_tok_s']:9.0f} tok/s   ratio megatron/HF "
+          f"{r['mcore_tok_s'] / r['hf_tok_s']:5.2f}   max |diff| {r['max_abs_diff']:.1e}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tokens", type=int, default=8192)
+    p.add_argument("--vocab", type=int, default=151936)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--chunks", default="1024,256")
+    p.add_argument("--train-tokens", type=int, default=2048, help="tokens for the forward+backward case (0: skip)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--length", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--skip-model", action="store_true")
+    a = p.parse_args()
+    chunks = [int(c) for c in a.chunks.split(",")]
+    bench_kernel(a.tokens, a.vocab, a.hidden, chunks, train=False)
+    if a.train_tokens:
+        bench_kernel(a.train_tokens, a.vocab, a.hidden, chunks, train=True)
+    if not a.skip_model:
+        bench_model(a.batch, a.length, a.repeats)
+
+
+if __name__ == "__main__":
+    main()
