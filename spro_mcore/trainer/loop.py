@@ -171,5 +171,7 @@ class Trainer:
                 metrics["time/eval"] = time.perf_counter() - t0
             last = logger.log(step, metrics)
             if checkpointer is not None:
-                checkpointer.maybe_save(self, step)
+                checkpointer.maybe_save(self, step, metrics)
+                if checkpointer.stop_requested:  # preemption: on_preemption saves and exits
+                    break
         return last
