@@ -32,7 +32,7 @@ from spro_mcore.rollout.checkpoint_info import eos_token_ids, missing_weights, t
 from spro_mcore.rollout.engine import Engine, EngineError, EngineSpec, Sample, SamplingParams, check_prompts
 from spro_mcore.rollout.server_pool import ServerPool
 from spro_mcore.rollout.weight_sync import SyncMeter, SyncStats, cast_tensors, engine_dtype, iter_buckets
-from spro_mcore.rollout.weight_sync_folder import default_sync_dir, write_safetensors_folder
+from spro_mcore.rollout.weight_sync_folder import SyncDir, write_safetensors_folder
 
 
 class SglangServerEngine(Engine):
@@ -55,7 +55,7 @@ class SglangServerEngine(Engine):
         self.dtype = engine_dtype(dtype)
         self.bucket_bytes = bucket_bytes
         self.weight_sync = weight_sync
-        self.sync_dir = weight_sync_dir or str(default_sync_dir("sglang"))
+        self.sync_dir = SyncDir(weight_sync_dir, "sglang")
         self.release_memory = release_memory
         self.nccl_master = nccl_master
         self.engine_world_size = engine_world_size
@@ -140,7 +140,7 @@ class SglangServerEngine(Engine):
         with SyncMeter() as meter:
             buckets = meter.count(iter_buckets(named(cast_tensors(named_tensors, self.dtype)), self.bucket_bytes))
             if self.weight_sync == "folder":
-                folder = write_safetensors_folder(buckets, self.sync_dir, config_dir=self.model_path or None)
+                folder = write_safetensors_folder(buckets, self.sync_dir.path, config_dir=self.model_path or None)
                 self._check_complete(sent)
                 self.pool.each(lambda url: self._load_folder(url, str(folder)))
             else:
@@ -205,5 +205,6 @@ class SglangServerEngine(Engine):
 
             destroy_group(self._group)
             self._group = None
+        self.sync_dir.cleanup()
         self.pool.close()
 

@@ -35,7 +35,7 @@ from spro_mcore.rollout.engine import (  # noqa: E402
 from spro_mcore.rollout.weight_sync import (  # noqa: E402
     SyncMeter, SyncStats, cast_tensors, engine_dtype, flatten, iter_buckets,
 )
-from spro_mcore.rollout.weight_sync_folder import default_sync_dir, write_safetensors_folder  # noqa: E402
+from spro_mcore.rollout.weight_sync_folder import SyncDir, write_safetensors_folder  # noqa: E402
 
 WORKER_EXTENSION = "spro_mcore.rollout.vllm_worker_extension.SproWorkerExtension"
 
@@ -75,7 +75,7 @@ class VllmEngine(Engine):
             raise EngineError(f"vllm colocated engine: weight_sync={weight_sync!r} is not supported here; "
                               "use tensors (engine_tp=1) or folder")
         self.weight_sync = weight_sync
-        self.sync_dir = weight_sync_dir or str(default_sync_dir("vllm"))
+        self.sync_dir = SyncDir(weight_sync_dir, "vllm")
         self.sleep_enabled = torch.cuda.is_available()  # vLLM's sleep mode is rejected on CPU
         kwargs = dict(
             model=model_path, skip_tokenizer_init=True, dtype=dtype, enforce_eager=True, seed=seed,
@@ -136,7 +136,7 @@ class VllmEngine(Engine):
                     # one reload over the whole stream: vLLM finalises each layer once all of it has arrived
                     self.llm.collective_rpc("spro_reload_weights", kwargs={"weights_iterator": flatten(buckets)})
                 else:
-                    folder = write_safetensors_folder(buckets, self.sync_dir)
+                    folder = write_safetensors_folder(buckets, self.sync_dir.path)
                     self.llm.collective_rpc("spro_reload_weights", kwargs={"weights_path": str(folder)})
             except Exception as e:
                 raise EngineError(f"vllm colocated engine: reloading weights failed: {e}") from e
@@ -164,6 +164,7 @@ class VllmEngine(Engine):
         if llm is None:
             return
         self.llm = None
+        self.sync_dir.cleanup()
         try:
             with _keep_default_process_group() if self._trainer_owns_world else contextlib.nullcontext():
                 llm.llm_engine.engine_core.shutdown()

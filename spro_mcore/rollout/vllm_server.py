@@ -21,7 +21,7 @@ from spro_mcore.rollout.checkpoint_info import eos_token_ids, missing_weights, t
 from spro_mcore.rollout.engine import Engine, EngineError, EngineSpec, Sample, SamplingParams, check_prompts
 from spro_mcore.rollout.server_pool import ServerPool
 from spro_mcore.rollout.weight_sync import SyncMeter, SyncStats, cast_tensors, engine_dtype, iter_buckets
-from spro_mcore.rollout.weight_sync_folder import default_sync_dir, write_safetensors_folder
+from spro_mcore.rollout.weight_sync_folder import SyncDir, write_safetensors_folder
 
 
 class VllmServerEngine(Engine):
@@ -35,7 +35,7 @@ class VllmServerEngine(Engine):
         self.model_path = model_path
         self.dtype = engine_dtype(dtype)
         self.bucket_bytes = bucket_bytes
-        self.sync_dir = weight_sync_dir or str(default_sync_dir("vllm_server"))
+        self.sync_dir = SyncDir(weight_sync_dir, "vllm_server")
         self.release_memory = release_memory
         self.eos_token_ids: Optional[list[int]] = eos_token_ids(model_path) if model_path else None
         self.expected_weights = tensor_names(model_path) if model_path else set()
@@ -93,7 +93,7 @@ class VllmServerEngine(Engine):
 
         with SyncMeter() as meter:
             buckets = meter.count(iter_buckets(named(cast_tensors(named_tensors, self.dtype)), self.bucket_bytes))
-            folder = write_safetensors_folder(buckets, self.sync_dir, config_dir=self.model_path or None)
+            folder = write_safetensors_folder(buckets, self.sync_dir.path, config_dir=self.model_path or None)
             missing = missing_weights(self.expected_weights, sent)
             if missing:
                 raise EngineError(f"vllm server: update_weights is missing {len(missing)} weights (e.g. "
@@ -124,4 +124,5 @@ class VllmServerEngine(Engine):
             self.pool.each(lambda url: self.pool.request(url, "POST", "/wake_up"))
 
     def close(self) -> None:
+        self.sync_dir.cleanup()
         self.pool.close()

@@ -28,6 +28,19 @@ def default_sync_dir(tag: str) -> Path:
     return base / f"spro_weight_sync_{tag}_{os.getpid()}"
 
 
+class SyncDir:
+    """Where an engine's folder transport writes: the configured path, or a default one (RAM-backed where
+    possible) that `cleanup()` removes, since a model's worth of /dev/shm outlives the process otherwise."""
+
+    def __init__(self, configured: str, tag: str):
+        self.owned = not configured
+        self.path = Path(configured) if configured else default_sync_dir(tag)
+
+    def cleanup(self) -> None:
+        if self.owned:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
 def write_safetensors_folder(buckets: Iterable[list[tuple[str, torch.Tensor]]], folder: str | os.PathLike,
                              config_dir: Optional[str | os.PathLike] = None) -> Path:
     """Replace `folder` with the given buckets as `model-0000i-of-0000N.safetensors` shards plus index.

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from spro_mcore.rollout.weight_sync import SyncMeter, cast_tensors, flatten, iter_buckets
-from spro_mcore.rollout.weight_sync_folder import INDEX_NAME, write_safetensors_folder
+from spro_mcore.rollout.weight_sync_folder import INDEX_NAME, SyncDir, write_safetensors_folder
 
 pytestmark = pytest.mark.unit
 
@@ -80,3 +80,13 @@ def test_a_smaller_sync_leaves_no_stale_shard(tmp_path):
 def test_an_empty_sync_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no tensors"):
         write_safetensors_folder(iter([]), tmp_path / "sync")
+
+
+def test_a_default_sync_dir_is_removed_and_a_configured_one_kept(tmp_path):
+    default = SyncDir("", "test")
+    write_safetensors_folder(iter_buckets(_named([4]), bucket_bytes=64), default.path)
+    configured = SyncDir(str(tmp_path / "mine"), "test")
+    write_safetensors_folder(iter_buckets(_named([4]), bucket_bytes=64), configured.path)
+    default.cleanup()
+    configured.cleanup()
+    assert not default.path.exists() and configured.path.exists()

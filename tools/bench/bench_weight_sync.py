@@ -22,6 +22,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # before torch/vll
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
 import argparse  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -76,7 +77,7 @@ def main(argv=None) -> None:
 
     from spro_mcore.rollout.hf_engine import HfEngine
     from spro_mcore.rollout.weight_sync import iter_buckets
-    from spro_mcore.rollout.weight_sync_folder import default_sync_dir, write_safetensors_folder
+    from spro_mcore.rollout.weight_sync_folder import SyncDir, write_safetensors_folder
 
     work = Path(tempfile.mkdtemp(prefix="bench_weight_sync_"))
     model_dir = build_model(work / "model", args.hidden, args.layers, args.vocab, args.tied)
@@ -84,7 +85,8 @@ def main(argv=None) -> None:
 
     source = load_file(str(model_dir / "model.safetensors"))
     nbytes = sum(t.numel() * t.element_size() for t in source.values())
-    sync_dir = Path(args.sync_dir) if args.sync_dir else default_sync_dir("bench")
+    sync = SyncDir(args.sync_dir, "bench")
+    sync_dir = sync.path
     print(f"model: hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}, tied={args.tied}: "
           f"{sum(t.numel() for t in source.values()) / 1e6:.1f} M params, {nbytes / 2**20:.0f} MiB fp32; "
           f"torch threads {torch.get_num_threads()}; folder {sync_dir}")
@@ -109,8 +111,7 @@ def main(argv=None) -> None:
         else:
             for transport in ("tensors", "folder"):
                 eng = VllmEngine(str(model_dir), kv_cache_memory_bytes=64 << 20, max_model_len=2048,
-                                 bucket_bytes=args.bucket_bytes, weight_sync=transport,
-                                 weight_sync_dir=str(sync_dir) + "_vllm")
+                                 bucket_bytes=args.bucket_bytes, weight_sync=transport)
                 engines.append(eng)
                 rows[f"vllm {transport}"] = (lambda e: lambda: e.update_weights(source.items()))(eng)
 
@@ -130,6 +131,8 @@ def main(argv=None) -> None:
     for eng in engines:
         eng.close()
     hf.close()
+    sync.cleanup()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
