@@ -101,6 +101,12 @@ class MegatronActor:
 
         return export_hf_weights(self.model, self.arch, dtype=dtype, bucket_bytes=self.cfg.rollout.bucket_bytes)
 
+    def _fp8(self, models, *, forward_only: bool):
+        """FP8 (Transformer Engine) for this pass per model.fp8 / model.fp8_scope."""
+        from spro_mcore.models.fp8 import fp8_pass
+
+        return fp8_pass(models, self.cfg.model.fp8, self.cfg.model.fp8_scope, forward_only=forward_only)
+
     # ---- log-probs --------------------------------------------------------------------------------
     def micro_batch_size(self, batch: RolloutBatch) -> int:
         return max(1, self.cfg.trainer.micro_batch_tokens // batch.input_ids.shape[1])
@@ -115,7 +121,7 @@ class MegatronActor:
         models = self._ref_chunks if (reference and self._ref_chunks is not None) else self.model
         ctx = self._reference_weights() if (reference and self._ref_chunks is None) else contextlib.nullcontext()
         lps, ents = [], []
-        with ctx:
+        with ctx, self._fp8(models, forward_only=True):
             for rows in split_even(len(batch), self.cfg.trainer.mini_batches):
                 idx = torch.tensor(list(rows))
                 lp, ent = sequence_logprobs(
@@ -168,15 +174,16 @@ class MegatronActor:
                 for m in self.model:
                     m.zero_grad_buffer()
                 self.optimizer.zero_grad()
-                out = get_forward_backward_func()(
-                    forward_step_func=make_forward_step(
-                        loss_fn, temperature=self.cfg.rollout.temperature, with_entropy=True,
-                        chunk_tokens=self.cfg.model.logprob_chunk_tokens,
-                        response_width=batch.response_mask.shape[1]),
-                    data_iterator=iter(micro) if len(self.model) == 1 else [iter(micro) for _ in self.model],
-                    model=self.model, num_microbatches=len(micro), seq_length=seq, micro_batch_size=mbs,
-                    forward_only=False,
-                )
+                with self._fp8(self.model, forward_only=False):
+                    out = get_forward_backward_func()(
+                        forward_step_func=make_forward_step(
+                            loss_fn, temperature=self.cfg.rollout.temperature, with_entropy=True,
+                            chunk_tokens=self.cfg.model.logprob_chunk_tokens,
+                            response_width=batch.response_mask.shape[1]),
+                        data_iterator=iter(micro) if len(self.model) == 1 else [iter(micro) for _ in self.model],
+                        model=self.model, num_microbatches=len(micro), seq_length=seq, micro_batch_size=mbs,
+                        forward_only=False,
+                    )
                 for m in self.model:
                     m.finish_grad_sync()
                 if self._grads_finite():
