@@ -40,7 +40,7 @@ serve() {  # serve PORT: one server in the foreground
   exec "$py" -m vllm.entrypoints.openai.api_server --model "$model" --host "$host" --port "$1" \
     --served-model-name policy --dtype "${SPRO_VLLM_DTYPE:-auto}" --enforce-eager \
     --tensor-parallel-size "$tp" --max-model-len "${SPRO_VLLM_MAX_MODEL_LEN:-4096}" \
-    --logprobs-mode processed_logprobs \
+    --logprobs-mode processed_logprobs --generation-config vllm \
     --worker-extension-cls spro_mcore.rollout.vllm_worker_extension.SproWorkerExtension \
     "${memory_args[@]}" "$@"
 }

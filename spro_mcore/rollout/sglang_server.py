@@ -75,7 +75,9 @@ class SglangServerEngine(Engine):
 
     def _sampling_params(self, sampling: SamplingParams, seed: Optional[int]) -> dict:
         params = {"temperature": sampling.temperature, "top_p": 1.0, "top_k": sampling.top_k,
-                  "max_new_tokens": sampling.max_new_tokens, "skip_special_tokens": False}
+                  "max_new_tokens": sampling.max_new_tokens, "skip_special_tokens": False,
+                  # neutral, not the checkpoint's defaults: the trainer's log-probs know only temperature/top-k
+                  "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
         if self.eos_token_ids is None:  # the server knows EOS from its tokenizer
             params.update(ignore_eos=not sampling.stop_on_eos, stop_token_ids=list(sampling.stop_token_ids))
         else:

@@ -81,6 +81,7 @@ class VllmEngine(Engine):
             model=model_path, skip_tokenizer_init=True, dtype=dtype, enforce_eager=True, seed=seed,
             tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
             logprobs_mode="processed_logprobs", worker_extension_cls=WORKER_EXTENSION,
+            generation_config="vllm",  # not the checkpoint's sampling defaults (repetition penalty, top_k, ...)
             enable_sleep_mode=self.sleep_enabled,
         )
         if kv_cache_memory_bytes > 0:  # on CPU the memory fraction is read against one NUMA node: fails

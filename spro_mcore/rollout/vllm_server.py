@@ -55,6 +55,8 @@ class VllmServerEngine(Engine):
             "top_p": sampling.top_p, "top_k": 0 if sampling.top_k == -1 else sampling.top_k,
             "max_tokens": sampling.max_new_tokens, "logprobs": 0, "return_token_ids": True,
             "skip_special_tokens": False,
+            # neutral, not the checkpoint's defaults: the trainer's log-probs know only temperature/top-k/top-p
+            "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
         }
         if self.eos_token_ids is None:  # the server knows EOS from its tokenizer
             payload.update(ignore_eos=not sampling.stop_on_eos, stop_token_ids=list(sampling.stop_token_ids))

@@ -19,7 +19,7 @@ TINY_QWEN2 = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hi
 def build_tiny_qwen2(path: Path, tied: bool, seed: int) -> Path:
     """A 2-layer Qwen2 (head_dim 32, GQA 4/2, QKV bias) with a word-level tokenizer (`t0`..`t511`)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(Qwen2Config(tie_word_embeddings=tied, **TINY_QWEN2))
@@ -27,6 +27,11 @@ def build_tiny_qwen2(path: Path, tied: bool, seed: int) -> Path:
         for name, p in model.named_parameters():
             if "norm" not in name:
                 p.normal_(0.0, 0.1 if ("embed" in name or "lm_head" in name) else 0.05)
+    # hostile sampling defaults, as real checkpoints ship them (Qwen: top_k=20, repetition_penalty=1.05):
+    # an engine that let them leak into its sampling would fail every parity test
+    model.generation_config = GenerationConfig(bos_token_id=0, eos_token_id=1, pad_token_id=0, do_sample=True,
+                                               temperature=0.3, top_k=3, top_p=0.5, min_p=0.2,
+                                               repetition_penalty=1.3)
     model.save_pretrained(path)
     vocab = {f"t{i}": i for i in range(TINY_QWEN2["vocab_size"])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="t2"))
