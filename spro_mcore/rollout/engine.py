@@ -128,10 +128,10 @@ class EngineSpec:
     model_path: str = ""  # HF checkpoint directory the engine starts from (colocated)
     server_urls: list[str] = field(default_factory=list)  # base URLs of running servers (server mode)
     dtype: str = "float32"  # engine weights dtype; weight sync casts to it
-    kv_cache_memory_bytes: int = 256 << 20  # vLLM KV cache size (needed on CPU)
-    gpu_memory_utilization: float = 0.5  # vLLM on CUDA when kv_cache_memory_bytes is 0
+    kv_cache_memory_bytes: int = 256 << 20  # vLLM on CPU: KV cache size in bytes
+    gpu_memory_utilization: float = 0.5  # vLLM on CUDA: fraction of GPU memory for weights + KV cache
     engine_tp: int = 1  # tensor parallel size inside a colocated vLLM engine
-    max_model_len: int = 4096  # longest prompt + response a colocated vLLM engine accepts
+    max_model_len: int = 0  # longest prompt + response a colocated vLLM engine accepts; 0 = the model's
     weight_sync: str = "auto"  # auto | tensors | folder | nccl
     weight_sync_dir: str = ""  # folder transport location ("" = a fresh directory under /dev/shm or /tmp)
     bucket_bytes: int = 512 << 20  # bytes per weight-sync bucket

@@ -53,7 +53,7 @@ def to_vllm_sampling(sampling: SamplingParams, stop_ids: list[int], seed: Option
 
 class VllmEngine(Engine):
     def __init__(self, model_path: str, dtype: str = "float32", kv_cache_memory_bytes: int = 256 << 20,
-                 gpu_memory_utilization: float = 0.5, tensor_parallel_size: int = 1, max_model_len: int = 4096,
+                 gpu_memory_utilization: float = 0.5, tensor_parallel_size: int = 1, max_model_len: int = 0,
                  seed: int = 0, bucket_bytes: int = 512 << 20, weight_sync: str = "auto",
                  weight_sync_dir: str = ""):
         import torch.distributed as dist
@@ -79,15 +79,18 @@ class VllmEngine(Engine):
         self.sleep_enabled = torch.cuda.is_available()  # vLLM's sleep mode is rejected on CPU
         kwargs = dict(
             model=model_path, skip_tokenizer_init=True, dtype=dtype, enforce_eager=True, seed=seed,
-            tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+            tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len or None,
             logprobs_mode="processed_logprobs", worker_extension_cls=WORKER_EXTENSION,
             generation_config="vllm",  # not the checkpoint's sampling defaults (repetition penalty, top_k, ...)
             enable_sleep_mode=self.sleep_enabled,
         )
-        if kv_cache_memory_bytes > 0:  # on CPU the memory fraction is read against one NUMA node: fails
+        if torch.cuda.is_available():
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        elif kv_cache_memory_bytes > 0:  # on CPU the memory fraction is read against one NUMA node: fails
             kwargs["kv_cache_memory_bytes"] = kv_cache_memory_bytes
         else:
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            raise EngineError("vllm colocated engine on CPU needs rollout.kv_cache_memory_bytes > 0 "
+                              "(e.g. 268435456)")
         try:
             self.llm = vllm.LLM(**kwargs)
         except Exception as e:
