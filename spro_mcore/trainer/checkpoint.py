@@ -328,8 +328,8 @@ class Checkpointer:
         if not metrics or "train/skipped_updates" not in metrics:
             return None
         t = self.cfg.trainer
-        skipped = int(round(float(metrics["train/skipped_updates"])))
-        self._nonfinite_in_row = self._nonfinite_in_row + skipped if skipped >= t.mini_batches * t.ppo_epochs else 0
+        self._nonfinite_in_row = nonfinite_in_row(self._nonfinite_in_row, int(round(float(metrics["train/skipped_updates"]))),
+                                                  t.mini_batches * t.ppo_epochs)
         limit = self.cfg.optim.max_nonfinite_in_row
         if limit > 0 and self._nonfinite_in_row >= limit:
             return (f"{self._nonfinite_in_row} updates in a row had a non-finite loss or gradient and were skipped "
@@ -382,6 +382,12 @@ class Checkpointer:
                 log.info("exported the final policy to %s", out)
         if self._queue is not None:
             self._queue.close()
+
+
+def nonfinite_in_row(before: int, skipped: int, updates_per_step: int) -> int:
+    """Skipped updates in a row after a step with `skipped` of its `updates_per_step` updates skipped. A step
+    with any applied update ends the streak (its updates' order is not reported, so a partial step counts 0)."""
+    return before + skipped if skipped >= updates_per_step else 0
 
 
 class _PreemptionScope:

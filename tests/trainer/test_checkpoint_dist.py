@@ -124,6 +124,15 @@ def worker(mode: str, hf_dir: str, out_dir: str, tp: int, pp: int, resume: str, 
     if mode == "train":
         ckpt.finish(trainer)  # waits for the async save; step 4 was saved by maybe_save already
     weights = {n: t.clone() for n, t in actor.export_weights()}
+    if mode == "resume" and layout.tp == 1:  # an engine failure inside the loop: saved state, one clear error
+        from spro_mcore.errors import UserError
+        from spro_mcore.rollout.engine import EngineError
+
+        try:
+            with ckpt.on_preemption(trainer):
+                raise EngineError("engine server http://127.0.0.1:9 stopped answering after 3 retries")
+        except UserError as e:
+            result["fault"] = str(e)
     if mode == "train":  # the HF export of the saved step-4 checkpoint equals the live weights
         from spro_mcore.trainer.checkpoint_export import export_checkpoint_to_hf
 
@@ -191,20 +200,25 @@ def test_uninterrupted_run_saves_complete_checkpoints(trained):
 def test_resume_same_layout_is_bit_exact(trained):
     ckpts = trained / "run" / "checkpoints"
     _torchrun(trained, "resume", resume=str(ckpts / "step_2"))
-    # step_4 lies past the resume point: set aside (kept), so it never mixes with the new attempt's
-    assert not (ckpts / "step_4").exists() and len(list(ckpts.glob("step_4.abandoned-*"))) == 1
-    assert (ckpts / "latest").read_text().strip() == "step_2"
+    # step_4 lay past the resume point: set aside (kept), so it never mixes with the new attempt's
+    assert len(list(ckpts.glob("step_4.abandoned-*"))) == 1
     ref, got = _result(trained, "train", 1, 1), _result(trained, "resume", 1, 1)
     r = got["result"]
     assert r["start"] == SAVE_AT and r["position_after_restore"] == SAVE_AT and r["position"] == STEPS
     assert r["draws_at_save"] == ref["result"]["draws_at_save"]  # python, numpy, torch, megatron tracker
     assert _max_diff(ref["weights"], got["weights"]) == 0.0
+    # then the engine failed: step 4's update is kept, saved as finished, and named in the one error line
+    assert r["fault"].startswith("the rollout engine failed (engine server http://127.0.0.1:9 stopped answering")
+    assert str(ckpts / "step_4") in r["fault"]
+    assert (ckpts / "latest").read_text().strip() == "step_4"
+    from spro_mcore.trainer.checkpoint_files import verify
+
+    assert verify(ckpts / "step_4")["step"] == 4
 
 
 @pytest.mark.dist
 def test_resume_falls_back_from_corrupt_checkpoint_and_reshards_to_tp2(trained):
     ckpts = trained / "run" / "checkpoints"
-    next(ckpts.glob("step_4.abandoned-*")).rename(ckpts / "step_4")  # back in place: auto would pick it
     shard = sorted((ckpts / "step_4").glob("*.distcp"))[0]
     shard.write_bytes(shard.read_bytes()[:-100])  # truncated, as by a dying disk
     p = _torchrun(trained, "resume", tp=2, resume="auto")
@@ -218,8 +232,9 @@ def test_resume_falls_back_from_corrupt_checkpoint_and_reshards_to_tp2(trained):
 
 @pytest.mark.dist
 def test_resume_into_pp2_and_bad_explicit_path_error(trained):
-    bad = next((trained / "run" / "checkpoints").glob("step_4.abandoned-*"), None)
-    assert bad is not None, "runs after the corrupt-fallback test"
+    bad = sorted((trained / "run" / "checkpoints").glob("step_4.abandoned-*"))[-1:]  # the corrupt one
+    assert bad, "runs after the corrupt-fallback test"
+    bad = bad[0]
     _torchrun(trained, "bad_path", pp=2, resume=str(bad))
     got = _result(trained, "bad_path", 1, 2)
     assert got["result"]["error"] and str(bad) in got["result"]["error"] and "corrupt" in got["result"]["error"]

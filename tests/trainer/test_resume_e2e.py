@@ -198,4 +198,5 @@ def test_two_node_localhost_run_resumes_at_tp2_and_checkpoints(reference, tmp_pa
     for k in ("reward/mean", "response_length/mean", "ppo/ratio_mean"):
         assert abs(rows[3][k] - ref_rows[3][k]) < 1e-3, (k, rows[3][k], ref_rows[3][k])
     a, b = _weights(reference), _weights(out)
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-2
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert diff < 2e-5, diff  # TP2 reorders reductions (~1e-7 here); two steps move weights by ~1e-3
