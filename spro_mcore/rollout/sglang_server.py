@@ -40,10 +40,11 @@ class SglangServerEngine(Engine):
                  bucket_bytes: int = 512 << 20, weight_sync: str = "folder", weight_sync_dir: str = "",
                  timeout_s: float = 600.0, max_retries: int = 3, ready_timeout_s: float = 600.0,
                  release_memory: bool = False, nccl_master: Optional[tuple[str, int]] = None,
-                 engine_world_size: int = 1):
+                 engine_world_size: int = 1, broadcast_backend: str = "nccl"):
         """`model_path`: the HF checkpoint the servers were started from (EOS ids, the weights an update must
         contain, config files for the sync folder). weight_sync: folder | nccl; nccl needs `nccl_master`
-        (this host's address and a free port) and the total number of engine GPU workers."""
+        (this host's address and a free port) and the total number of engine GPU workers; its group uses
+        `broadcast_backend` (nccl; gloo sends CPU tensors, which is how the CPU test runs this path)."""
         if weight_sync == "auto":
             weight_sync = "folder"
         if weight_sync not in ("folder", "nccl"):
@@ -59,6 +60,7 @@ class SglangServerEngine(Engine):
         self.release_memory = release_memory
         self.nccl_master = nccl_master
         self.engine_world_size = engine_world_size
+        self.broadcast_backend = broadcast_backend
         self._group = None
         self.eos_token_ids: Optional[list[int]] = eos_token_ids(model_path) if model_path else None
         self.expected_weights = tensor_names(model_path) if model_path else set()
@@ -173,10 +175,11 @@ class SglangServerEngine(Engine):
             joins = self._in_background(lambda: self.pool.each(lambda url: self.pool.request(
                 url, "POST", "/init_weights_update_group", {
                     "master_address": host, "master_port": port, "world_size": world, "group_name": group_name,
-                    "backend": "nccl", "rank_offset": 1 + self.pool.urls.index(url) * per_server})))
-            self._group = nccl.init_broadcast_group(host, port, 0, world, group_name=group_name)
+                    "backend": self.broadcast_backend, "rank_offset": 1 + self.pool.urls.index(url) * per_server})))
+            self._group = nccl.init_broadcast_group(host, port, 0, world, group_name=group_name,
+                                                    backend=self.broadcast_backend)
             joins()
-        device = torch.device("cuda", torch.cuda.current_device())
+        device = torch.device("cuda", torch.cuda.current_device()) if self.broadcast_backend == "nccl" else "cpu"
 
         def announce(meta: nccl.BucketMeta):
             return self._in_background(lambda: self.pool.each(lambda url: self.pool.request(

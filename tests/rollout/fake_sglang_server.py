@@ -13,6 +13,11 @@ that implements exactly the request/response shapes of SGLang's documented nativ
   (HTTP 200, or 400 with success=false)
 - GET|POST /flush_cache -> 200 text "Cache flushed...";
 - GET|POST /release_memory_occupation, /resume_memory_occupation -> 200 (empty JSON body: null)
+- POST /init_weights_update_group {"master_address", "master_port", "rank_offset", "world_size", "group_name",
+  "backend"} and /update_weights_from_distributed {"names", "dtypes", "shapes", "group_name", "flush_cache"}
+  -> {"success", "message"}: join the trainer's broadcast group as rank `rank_offset`, then receive each
+  named tensor by broadcast from rank 0 in order (with backend "gloo" on CPU). Run as its own process
+  (`python -m tests.rollout.fake_sglang_server MODEL PORT`) for this: a group needs one process per rank.
 
 Behind it is a real HF transformers model, sampled token by token at temperature T and returning
 log_softmax(logits / T) of each sampled token (SGLang's default log-probs: with top_k the token is drawn
@@ -31,7 +36,7 @@ import torch
 
 
 class FakeSglang:
-    def __init__(self, model_path: str):
+    def __init__(self, model_path: str, port: int = 0):
         from transformers import AutoModelForCausalLM
 
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
@@ -39,7 +44,8 @@ class FakeSglang:
         self.calls: list[str] = []
         self.fail: dict[str, tuple[int, int]] = {}  # path -> (remaining, status)
         self.memory_released = False
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.group = None
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -126,6 +132,19 @@ class FakeSglang:
         if path == "/flush_cache":
             return 200, "Cache flushed.\nPlease check backend logs for more details. (When there are running or " \
                         "waiting requests, the operation will not be performed.)\n"
+        if path == "/init_weights_update_group" and method == "POST":
+            from spro_mcore.rollout.weight_sync_nccl import init_broadcast_group
+
+            self.group = init_broadcast_group(body["master_address"], body["master_port"], body["rank_offset"],
+                                              body["world_size"], body["group_name"], body["backend"])
+            return 200, {"success": True, "message": "Succeed to initialize custom process group."}
+        if path == "/update_weights_from_distributed" and method == "POST":
+            from spro_mcore.rollout.weight_sync_nccl import BucketMeta, receive_bucket
+
+            received = receive_bucket(self.group, BucketMeta(body["names"], body["dtypes"], body["shapes"]))
+            with torch.no_grad():
+                self.model.load_state_dict(dict(received), strict=False)
+            return 200, {"success": True, "message": "Succeeded to update parameter online."}
         if path in ("/release_memory_occupation", "/resume_memory_occupation"):
             self.memory_released = path == "/release_memory_occupation"
             return 200, None
@@ -157,3 +176,12 @@ class FakeSglang:
                 pass
 
         return Handler
+
+
+if __name__ == "__main__":  # python -m tests.rollout.fake_sglang_server MODEL_PATH PORT
+    import sys
+    import time
+
+    FakeSglang(sys.argv[1], int(sys.argv[2]))
+    while True:
+        time.sleep(3600)

@@ -7,18 +7,25 @@ cannot prove: SGLang's own behaviour behind those shapes."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from spro_mcore.rollout.engine import EngineError, EngineSpec, SamplingParams, build_engine
 from spro_mcore.rollout.server_pool import ServerPool
+from spro_mcore.rollout.sglang_server import SglangServerEngine
 from spro_mcore.parallel.distributed import free_port
 from tests.rollout.engine_contract import (
     check_parity_across_update, check_seeded_sampling, check_stop_token, check_top_k_logprobs,
 )
 from tests.rollout.fake_sglang_server import FakeSglang
 from tests.rollout.rollout_helpers import hf_state_dict, long_prompts
+from tests.rollout.server_process import running_server
 
 pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -88,6 +95,22 @@ def test_failed_weight_load_names_the_server_and_its_message(engine, servers, ti
     servers[1].fail_next("/update_weights_from_disk", 1, 400)
     with pytest.raises(EngineError, match=f"{servers[1].url}.*injected failure"):
         engine.update_weights(hf_state_dict(tiny_models[(True, "b")]).items())
+
+
+def test_broadcast_weight_sync_over_a_process_group(tiny_models, reference, tmp_path):
+    """weight_sync=nccl's handshake and broadcasts, with gloo standing in for NCCL and the fake server in a
+    process of its own (rank 1 of the group): parity with the new weights after the update."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    start, new = tiny_models[(True, "a")], tiny_models[(True, "b")]
+    cmd = [sys.executable, "-m", "tests.rollout.fake_sglang_server", str(start), str(port)]
+    with running_server(cmd, url, tmp_path / "fake.log", env={"PYTHONPATH": str(REPO)}, timeout_s=120):
+        engine = SglangServerEngine([url], model_path=str(start), dtype="float32", weight_sync="nccl",
+                                    nccl_master=("127.0.0.1", free_port()), broadcast_backend="gloo")
+        try:
+            check_parity_across_update(engine, start, new, reference)
+        finally:
+            engine.close()
 
 
 def test_unreachable_server_gives_one_clear_error():
