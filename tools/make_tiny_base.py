@@ -1,9 +1,9 @@
 """Make the tiny base policy shipped at ``spro_mcore/assets/tiny_base/`` (deterministic from ``--seed``).
 
-1. Train a small tokenizer with the ``tokenizers`` library: character-level BPE over printable ASCII
-   (digits always single tokens, so numbers are spelled digit by digit), a few merges learnt from the task
-   text, byte fallback so any text round-trips, specials ``<|endoftext|>`` (EOS) and ``<|pad|>``, padded
-   with reserved tokens to a vocabulary that is a multiple of 128.
+1. Train a small tokenizer with the ``tokenizers`` library: byte-level BPE in Qwen2's style (digits are
+   always single tokens, so numbers are spelled digit by digit; any text round-trips), the few merges the
+   task text offers, specials ``<|endoftext|>`` (EOS) and ``<|pad|>``, padded with reserved special tokens
+   to a vocabulary of 384 (a multiple of 128).
 2. Build a Qwen2 model (hidden 128, 4 layers, 4 heads / 2 KV heads: head_dim 32, tied embeddings).
 3. Supervised fine-tuning on the synthetic arithmetic task from *imperfect* demonstrations: a fraction of
    them carries an arithmetic slip that propagates to a wrong final answer, and training stops early, so
@@ -23,7 +23,6 @@ import json
 import math
 import os
 import random
-import string
 import time
 from pathlib import Path
 
@@ -32,8 +31,15 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QWEN2_PRETOKENIZE_REGEX  # noqa: E402
 
 from spro_mcore.data.synthetic_arithmetic import Problem, generate_split, solve  # noqa: E402
 from spro_mcore.rewards.synthetic_arithmetic import arithmetic_reward  # noqa: E402
@@ -43,31 +49,26 @@ VOCAB_MULTIPLE = 128
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "spro_mcore" / "assets" / "tiny_base"
 
 
-def build_tokenizer(corpus: list[str], max_merges: int = 16) -> PreTrainedTokenizerFast:
-    alphabet = [c for c in string.printable if c not in "\r\x0b\x0c"]  # printable ASCII + space, \n, \t
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.Digits(individual_digits=True)  # merges never glue digits
+def build_tokenizer(corpus: list[str], max_merges: int = 32) -> PreTrainedTokenizerFast:
+    # Byte-level BPE with exactly Qwen2's normalizer, pre-tokenizer and decoder: for a model_type "qwen2"
+    # checkpoint, transformers' AutoTokenizer (and so vLLM) rebuilds that pipeline around tokenizer.json's
+    # vocab and merges, whatever the file says. Qwen2's split regex makes every digit its own token.
+    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=2 + len(alphabet) + max_merges,
+        vocab_size=2 + 256 + max_merges,  # the task text offers only a few merges (e.g. "=\n")
         special_tokens=[EOS, PAD],
-        initial_alphabet=alphabet,
-        limit_alphabet=len(alphabet),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: any text round-trips
         show_progress=False,
     )
-    bpe.train_from_iterator(corpus, trainer=trainer)
-    trained = json.loads(bpe.to_str())["model"]
-    vocab: dict[str, int] = dict(trained["vocab"])
-    for b in range(256):  # byte fallback: any character outside the alphabet round-trips as UTF-8 bytes
-        vocab[f"<0x{b:02X}>"] = len(vocab)
-    n_reserved = -len(vocab) % VOCAB_MULTIPLE
-    reserved = [f"<|reserved_{i}|>" for i in range(n_reserved)]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in trained["merges"]]
-
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True))
-    tok.pre_tokenizer = pre_tokenizers.Digits(individual_digits=True)
-    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
-    tok.add_special_tokens([EOS, PAD])  # already in the vocab (ids 0, 1): marks them special
-    tok.add_special_tokens(reserved)  # new ids, right after the byte tokens
+    tok.train_from_iterator(corpus, trainer=trainer)
+    # reserved specials pad the vocabulary to a multiple of 128, so that every model id decodes
+    tok.add_special_tokens([f"<|reserved_{i}|>" for i in range(-tok.get_vocab_size() % VOCAB_MULTIPLE)])
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, model_max_length=512)
     assert len(hf) % VOCAB_MULTIPLE == 0, len(hf)
     return hf
@@ -210,6 +211,9 @@ def main(argv=None):
     tokenizer.padding_side = "right"
     tokenizer.save_pretrained(args.out)
     model.save_pretrained(args.out)  # float32 safetensors
+    # measure what ships: reload through the Auto classes, as the trainer and vLLM will
+    tokenizer = AutoTokenizer.from_pretrained(args.out)
+    model = AutoModelForCausalLM.from_pretrained(args.out).eval()
     greedy, greedy_eos = accuracy(model, tokenizer, test, do_sample=False)
     sampled, sampled_eos = accuracy(model, tokenizer, test, do_sample=True, seed=args.seed)
     card = {  # deterministic content only, so that a re-run reproduces every file
