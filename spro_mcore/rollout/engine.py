@@ -4,8 +4,9 @@ Invariants every backend keeps:
 - `generate` returns, for prompt i, `sampling.n` samples in one group, in the order of the prompts given.
 - `Sample.logprobs[t]` is the log-probability the engine assigned to `Sample.token_ids[t]` under the
   distribution it actually sampled from: `log_softmax(logits / temperature)`, restricted to the top-k /
-  top-p set and renormalised when those are on. With `top_k=-1, top_p=1` (the RL default) this is exactly
-  what the trainer computes with the same temperature, so the two can be compared token for token.
+  top-p set and renormalised when those are on (SGLang: top-k only). With `top_k=-1, top_p=1` (the RL
+  default) this is exactly what the trainer computes with the same temperature, so the two can be compared
+  token for token. The checkpoint's own sampling defaults (repetition penalty, min_p, ...) never apply.
 - A stop token (EOS or one of `stop_token_ids`) that ends a sample is kept as its last token, with its
   log-prob, and the sample's `finish_reason` is "stop"; a sample cut at `max_new_tokens` ends "length".
 - After `update_weights` returns, every later `generate` uses the new weights only (caches that hold
@@ -130,7 +131,7 @@ class EngineSpec:
     dtype: str = "float32"  # engine weights dtype; weight sync casts to it
     kv_cache_memory_bytes: int = 256 << 20  # vLLM on CPU: KV cache size in bytes
     gpu_memory_utilization: float = 0.5  # vLLM on CUDA: fraction of GPU memory for weights + KV cache
-    engine_tp: int = 1  # tensor parallel size inside a colocated vLLM engine
+    engine_tp: int = 1  # tensor parallel size inside each engine (colocated vLLM; SGLang broadcast group size)
     max_model_len: int = 0  # longest prompt + response a colocated vLLM engine accepts; 0 = the model's
     weight_sync: str = "auto"  # auto | tensors | folder | nccl
     weight_sync_dir: str = ""  # folder transport location ("" = a fresh directory under /dev/shm or /tmp)
@@ -161,6 +162,16 @@ _BACKENDS = {
     ("vllm", "server"): "spro_mcore.rollout.vllm_server:VllmServerEngine",
     ("sglang", "server"): "spro_mcore.rollout.sglang_server:SglangServerEngine",
 }
+
+
+def check_weight_sync(spec: EngineSpec, supported: tuple[str, ...]) -> str:
+    """The transport to use: `spec.weight_sync`, or the backend's first one for "auto"."""
+    if spec.weight_sync == "auto":
+        return supported[0]
+    if spec.weight_sync not in supported:
+        raise EngineError(f"rollout.weight_sync={spec.weight_sync!r} is not available for {spec.backend}/{spec.mode}; "
+                          f"use one of: auto, {', '.join(supported)}")
+    return spec.weight_sync
 
 
 def build_engine(spec: EngineSpec) -> Engine:

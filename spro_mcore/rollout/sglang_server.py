@@ -29,7 +29,9 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 from spro_mcore.rollout.checkpoint_info import eos_token_ids, missing_weights, tensor_names
-from spro_mcore.rollout.engine import Engine, EngineError, EngineSpec, Sample, SamplingParams, check_prompts
+from spro_mcore.rollout.engine import (
+    Engine, EngineError, EngineSpec, Sample, SamplingParams, check_prompts, check_weight_sync,
+)
 from spro_mcore.rollout.server_pool import ServerPool
 from spro_mcore.rollout.weight_sync import SyncMeter, SyncStats, cast_tensors, engine_dtype, iter_buckets
 from spro_mcore.rollout.weight_sync_folder import SyncDir, write_safetensors_folder
@@ -45,8 +47,6 @@ class SglangServerEngine(Engine):
         contain, config files for the sync folder). weight_sync: folder | nccl; nccl needs `nccl_master`
         (this host's address and a free port) and the total number of engine GPU workers; its group uses
         `broadcast_backend` (nccl; gloo sends CPU tensors, which is how the CPU test runs this path)."""
-        if weight_sync == "auto":
-            weight_sync = "folder"
         if weight_sync not in ("folder", "nccl"):
             raise EngineError(f"sglang engine: weight_sync={weight_sync!r} is not supported; use folder or nccl")
         if weight_sync == "nccl" and nccl_master is None:
@@ -70,7 +70,7 @@ class SglangServerEngine(Engine):
     def from_spec(cls, spec: EngineSpec) -> "SglangServerEngine":
         host, _, port = spec.nccl_master.rpartition(":")
         return cls(spec.server_urls, model_path=spec.model_path, dtype=spec.dtype, bucket_bytes=spec.bucket_bytes,
-                   weight_sync=spec.weight_sync, weight_sync_dir=spec.weight_sync_dir,
+                   weight_sync=check_weight_sync(spec, ("folder", "nccl")), weight_sync_dir=spec.weight_sync_dir,
                    timeout_s=spec.request_timeout_s, max_retries=spec.max_retries,
                    release_memory=spec.release_memory, nccl_master=(host, int(port)) if spec.nccl_master else None,
                    engine_world_size=len(spec.server_urls) * spec.engine_tp)

@@ -72,8 +72,8 @@ class VllmEngine(Engine):
         if weight_sync == "auto":
             weight_sync = "tensors" if tensor_parallel_size == 1 else "folder"
         if weight_sync not in ("tensors", "folder"):
-            raise EngineError(f"vllm colocated engine: weight_sync={weight_sync!r} is not supported here; "
-                              "use tensors (engine_tp=1) or folder")
+            raise EngineError(f"rollout.weight_sync={weight_sync!r} is not available for vllm/colocated; "
+                              "use one of: auto, tensors (engine_tp=1), folder")
         self.weight_sync = weight_sync
         self.sync_dir = SyncDir(weight_sync_dir, "vllm")
         self.sleep_enabled = torch.cuda.is_available()  # vLLM's sleep mode is rejected on CPU

@@ -18,7 +18,9 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 from spro_mcore.rollout.checkpoint_info import eos_token_ids, missing_weights, tensor_names
-from spro_mcore.rollout.engine import Engine, EngineError, EngineSpec, Sample, SamplingParams, check_prompts
+from spro_mcore.rollout.engine import (
+    Engine, EngineError, EngineSpec, Sample, SamplingParams, check_prompts, check_weight_sync,
+)
 from spro_mcore.rollout.server_pool import ServerPool
 from spro_mcore.rollout.weight_sync import SyncMeter, SyncStats, cast_tensors, engine_dtype, iter_buckets
 from spro_mcore.rollout.weight_sync_folder import SyncDir, write_safetensors_folder
@@ -45,6 +47,7 @@ class VllmServerEngine(Engine):
 
     @classmethod
     def from_spec(cls, spec: EngineSpec) -> "VllmServerEngine":
+        check_weight_sync(spec, ("folder",))
         return cls(spec.server_urls, model_path=spec.model_path, dtype=spec.dtype, bucket_bytes=spec.bucket_bytes,
                    weight_sync_dir=spec.weight_sync_dir, timeout_s=spec.request_timeout_s,
                    max_retries=spec.max_retries, release_memory=spec.release_memory)

@@ -66,3 +66,8 @@ def test_bad_prompts_are_rejected(engines):
 def test_unknown_backend_names_the_valid_ones():
     with pytest.raises(EngineError, match="hf/colocated"):
         build_engine(EngineSpec(backend="hf", mode="server"))
+
+
+def test_a_transport_the_backend_lacks_is_named():
+    with pytest.raises(EngineError, match="rollout.weight_sync='nccl' is not available for hf/colocated"):
+        build_engine(EngineSpec(backend="hf", weight_sync="nccl"))
