@@ -71,7 +71,10 @@ def build_components(cfg: Config, layout: Layout, *, checkpointer=None) -> Compo
         if is_mcore_checkpoint(model_path):
             raise UserError(f"model.path={model_path} is a Megatron checkpoint: the rollout engine needs an HF "
                             f"directory (convert it with `spro-mcore convert mcore-to-hf`)")
-        engine = build_engine(EngineSpec.from_rollout_config(cfg.rollout, hf_dir, seed=cfg.trainer.seed))
+        # the longest sequence a step can make, within what the model's positions allow
+        max_len = min(actor.arch.max_position_embeddings, cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens)
+        engine = build_engine(EngineSpec.from_rollout_config(cfg.rollout, hf_dir, seed=cfg.trainer.seed,
+                                                             max_model_len=max_len))
     scorer = GroupScorer(cfg.data.reward_fn, timeout_s=cfg.data.reward_timeout_s)
     parts = Components(actor=actor, engine=engine, tokenizer=tokenizer, pad_id=pad_id, prompts=prompts,
                        eval_prompts=eval_prompts, scorer=scorer, model_path=model_path)
