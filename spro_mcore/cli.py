@@ -27,6 +27,12 @@ def _convert(args) -> int:
     return convert_main(args.convert_args)
 
 
+def _export(args) -> int:
+    from spro_mcore.trainer.checkpoint_export import export_main
+
+    return export_main(args.export_args)
+
+
 def _config(args) -> int:
     from spro_mcore.config import load_config, to_yaml
 
@@ -57,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     conv.add_argument("convert_args", nargs=argparse.REMAINDER)
     conv.set_defaults(fn=_convert)
+    exp = sub.add_parser("export", help="export a training checkpoint (or the newest in a folder) as an HF directory",
+                         add_help=False)
+    exp.add_argument("export_args", nargs=argparse.REMAINDER)
+    exp.set_defaults(fn=_export)
     with_config(sub.add_parser("config", help="print the resolved, validated configuration")).set_defaults(fn=_config)
     return parser
 

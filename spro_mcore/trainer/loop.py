@@ -22,7 +22,7 @@ import torch.distributed as dist
 from spro_mcore.algo.registry import compute_advantages, estimator_options
 from spro_mcore.config.schema import Config
 from spro_mcore.parallel.distributed import Layout
-from spro_mcore.rollout.engine import SamplingParams
+from spro_mcore.rollout.engine import EngineError, SamplingParams
 from spro_mcore.trainer.actor import MegatronActor
 from spro_mcore.trainer.evaluate import evaluate
 from spro_mcore.trainer.metrics import MetricsLogger, StepTimer
@@ -47,11 +47,15 @@ class Trainer:
         with timer("step"):
             prompts = self.parts.prompts.next_batch(self.layout)  # this replica's prompts of the step
 
-            with timer("generate"):
-                groups = self._generate(prompts)
-            with timer("reward"):
-                rewards, reward_metrics = self._score(prompts, groups)
-            batch = self._share_batch(prompts, groups, rewards)
+            try:
+                with timer("generate"):
+                    groups = self._generate(prompts)
+                with timer("reward"):
+                    rewards, reward_metrics = self._score(prompts, groups)
+                batch = self._build_batch(prompts, groups, rewards)
+            except EngineError as e:  # tell the rest of the model-parallel group, or they wait forever
+                batch = e
+            batch = self._share_batch(batch)
 
             with timer("logprob"):
                 old_logprobs, entropy = self.actor.logprobs(batch, with_entropy=True)
@@ -92,22 +96,26 @@ class Trainer:
         texts = [[self.parts.tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in g] for g in groups]
         return self.parts.scorer.score_groups(texts, prompts)
 
-    def _share_batch(self, prompts, groups, rewards) -> RolloutBatch:
-        """The owner of the engine builds the batch; the other ranks of its model-parallel group receive it."""
-        batch = None
-        if groups is not None:
-            per_replica = len(prompts)
-            batch = build_rollout_batch(
-                [p.input_ids for p in prompts], groups, rewards, pad_id=self.parts.pad_id,
-                group_offset=(self.step_no * self.layout.dp + self.layout.dp_rank) * per_replica,
-            )
+    def _build_batch(self, prompts, groups, rewards) -> RolloutBatch | None:
+        if groups is None:
+            return None
+        return build_rollout_batch(
+            [p.input_ids for p in prompts], groups, rewards, pad_id=self.parts.pad_id,
+            group_offset=(self.step_no * self.layout.dp + self.layout.dp_rank) * len(prompts),
+        )
+
+    def _share_batch(self, batch: RolloutBatch | EngineError | None) -> RolloutBatch:
+        """The owner of the engine built the batch (or met an engine failure); the other ranks of its
+        model-parallel group receive it, and all of them raise the failure together."""
         from megatron.core import parallel_state as mpu
 
         group = mpu.get_model_parallel_group()
         if dist.get_world_size(group) > 1:
-            box = [batch.to_dict() if batch is not None else None]
+            box = [batch.to_dict() if isinstance(batch, RolloutBatch) else batch]
             dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0), group=group)
-            batch = RolloutBatch(**box[0])
+            batch = RolloutBatch(**box[0]) if isinstance(box[0], dict) else box[0]
+        if isinstance(batch, EngineError):
+            raise batch
         return batch
 
     def _sync_weights(self) -> dict:
