@@ -8,6 +8,7 @@ timeout (all processes are killed), instead of hanging CI.
 
 from __future__ import annotations
 
+import io
 import multiprocessing as mp
 import os
 import queue
@@ -27,7 +28,11 @@ def _child(fn, rank, world_size, port, args, results):
 
         torch.set_num_threads(1)
         out = fn(*args)
-        results.put((rank, True, out))
+        # plain bytes: tensors put on the queue as is travel as shared file descriptors, which vanish
+        # when this process exits before the parent has read them
+        buf = io.BytesIO()
+        torch.save(out, buf)
+        results.put((rank, True, buf.getvalue()))
     except BaseException:  # noqa: BLE001 - report everything to the parent
         results.put((rank, False, traceback.format_exc()))
     finally:
@@ -65,7 +70,9 @@ def run_in_processes(fn: Callable[..., Any], nprocs: int, *args, timeout: float 
                     raise RuntimeError(f"rank process died with exit code {dead[0].exitcode} before reporting")
                 continue
             if ok:
-                out[rank] = value
+                import torch
+
+                out[rank] = torch.load(io.BytesIO(value), weights_only=False)
             else:
                 errors.append(f"rank {rank} failed:\n{value}")
                 break  # the others may now hang in a collective

@@ -61,13 +61,17 @@ def init_process_group(timeout_minutes: int = 30) -> None:
     apply_cpu_compat()
     if dist.is_initialized():
         return
-    if "RANK" not in os.environ:  # plain `python`: a group of one
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    if "RANK" not in os.environ:
+        # plain `python`: a group of one on a free local port. The torchrun variables are NOT set in
+        # os.environ: child processes (a torchrun, a subprocess) would inherit them and collide on the port.
+        dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
+                                world_size=1, timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend, timeout=timeout)
 
 
 def initialize_model_parallel(tp: int = 1, pp: int = 1, cp: int = 1, ep: int = 1, vpp: int | None = None,

@@ -30,7 +30,9 @@ def _check_run(out, engine_tol: float):
     assert m[1]["ppo/ratio_mean"] == 1.0 and m[1]["ppo/approx_kl"] == 0.0 and m[1]["ppo/clipfrac"] == 0.0
     # at step 1 the policy is the reference: the process term is exactly zero
     assert m[1]["adv/msa_abs_mean"] == 0.0
-    # after one update the policy moved away from the reference: SPRO's process term is live
+    # after one update (there was an outcome signal to learn from) the policy moved away from the
+    # reference: SPRO's process term is live
+    assert m[1]["adv/grpo_abs_mean"] > 0.0 and m[1]["train/grad_norm"] > 0.0
     assert m[2]["adv/msa_abs_mean"] > 0.0
     # the engine's own log-probs of its samples match the trainer's recomputation (weights synced)
     assert m[2]["rollout/engine_logprob_abs_diff_mean"] < engine_tol
@@ -40,20 +42,20 @@ def _check_run(out, engine_tol: float):
 
 def test_spro_hf_engine(tmp_path):
     out = tmp_path / "run"
-    train(out)
+    train(out, "data.prompts_per_step=8")
     _check_run(out, engine_tol=1e-4)
 
 
 def test_spro_vllm_engine(tmp_path):
     pytest.importorskip("vllm")
     out = tmp_path / "run"
-    train(out, "rollout.engine=vllm", timeout=600)
+    train(out, "rollout.engine=vllm", "data.prompts_per_step=8", timeout=600)
     _check_run(out, engine_tol=1e-3)
 
 
 def test_spro_and_grpo_first_updates_identical(tmp_path):
     """old == ref at step 1, so SPRO's advantages equal GRPO's and the first updates are identical."""
-    one = ["trainer.total_steps=1", "trainer.eval_interval=0", "checkpoint.export_hf=true"]
+    one = ["trainer.total_steps=1", "trainer.eval_interval=0", "checkpoint.export_hf=true", "data.prompts_per_step=8"]
     train(tmp_path / "spro", *one, "algo.estimator=spro")
     train(tmp_path / "grpo", *one, "algo.estimator=grpo")
     a = load_file(str(tmp_path / "spro" / "hf_final" / "model.safetensors"))
