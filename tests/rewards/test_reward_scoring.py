@@ -56,7 +56,7 @@ def test_slow_functions_time_out(fn, where):
 
 def test_timed_out_busy_helper_threads_are_stopped():
     spin = resolve_reward_fn(f"{MOD}:spins_and_swallows")
-    before = threading.active_count()
+    before = set(threading.enumerate())  # other tests' threads may end meanwhile: only new ones count
 
     def in_worker():
         with pytest.raises(VerifierTimeout):
@@ -65,10 +65,14 @@ def test_timed_out_busy_helper_threads_are_stopped():
     t = threading.Thread(target=in_worker)
     t.start()
     t.join()
+
+    def leftover():
+        return [th for th in threading.enumerate() if th not in before and th.is_alive()]
+
     deadline = time.monotonic() + 5
-    while threading.active_count() > before and time.monotonic() < deadline:
+    while leftover() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert threading.active_count() == before  # the spinning helper got the injected timeout and ended
+    assert leftover() == []  # the spinning helper got the injected timeout and ended
 
 
 @pytest.mark.parametrize("outer_s, call_s", [(0.5, 0.0), (0.2, 0.5)])  # outer alarm after / during the call
