@@ -5,9 +5,11 @@
    task text offers, specials ``<|endoftext|>`` (EOS) and ``<|pad|>``, padded with reserved special tokens
    to a vocabulary of 384 (a multiple of 128).
 2. Build a Qwen2 model (hidden 128, 4 layers, 4 heads / 2 KV heads: head_dim 32, tied embeddings).
-3. Supervised fine-tuning on the synthetic arithmetic task from *imperfect* demonstrations: a fraction of
-   them carries an arithmetic slip that propagates to a wrong final answer, and training stops early, so
-   the policy emits the step format and EOS but is right only part of the time: room for RL to improve.
+3. Supervised fine-tuning on the synthetic arithmetic task from *imperfect* demonstrations: half of them
+   ignore operator precedence (``3+4*2`` solved left to right: a systematic mistake, wrong on about half of
+   the problems), and a few carry a random arithmetic slip. The policy learns the step format, EOS and the
+   arithmetic, and both strategies: greedy accuracy starts well below what the policy can do, and sampling
+   finds right answers often enough that RL has a signal to learn which strategy the reward prefers.
 4. Save in HF format (float32 safetensors) and print held-out greedy and sampled (T=1) accuracy.
 
 Prompt format (plain text, no chat template): ``"Q: 3+4*2-5=\\n"``; response ``"4*2=8\\n3+8=11\\n11-5=6\\nA: 6"``
@@ -100,14 +102,18 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int) -> Qwen2ForCausal
     return model
 
 
-def demonstrations(problems: list[Problem], slip_prob: float, rng: random.Random) -> list[str]:
-    """Responses to imitate; with probability ``slip_prob`` one step's result is off by a small amount."""
+def demonstrations(problems: list[Problem], slip_prob: float, left_to_right_prob: float,
+                   rng: random.Random) -> list[str]:
+    """Responses to imitate: with probability ``left_to_right_prob`` the demonstrator ignores operator
+    precedence (a systematic mistake: the policy learns both strategies and must find, by reward, which one
+    is right); with probability ``slip_prob`` one step's result is off by a small amount (a random one)."""
     out = []
     for p in problems:
+        l2r = rng.random() < left_to_right_prob
+        slips = {}
         if rng.random() < slip_prob:
-            k = rng.randrange(len(p.steps))
-            p = solve(p.expression, slips={k: rng.choice([-10, -2, -1, 1, 1, 2, 10])})
-        out.append(p.response)
+            slips = {rng.randrange(len(p.steps)): rng.choice([-10, -2, -1, 1, 1, 2, 10])}
+        out.append(solve(p.expression, slips, left_to_right=l2r).response)
     return out
 
 
@@ -183,8 +189,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-size", type=int, default=20000)
     ap.add_argument("--eval-size", type=int, default=500)
-    ap.add_argument("--slip-prob", type=float, default=0.3)
-    ap.add_argument("--steps", type=int, default=1600)
+    ap.add_argument("--slip-prob", type=float, default=0.1)
+    ap.add_argument("--left-to-right-prob", type=float, default=0.5)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--eval-every", type=int, default=0, help="also report greedy accuracy every N steps")
@@ -199,7 +206,7 @@ def main(argv=None):
     model = build_model(tokenizer, args.seed)
     print(f"vocab {len(tokenizer)}, params {sum(p.numel() for p in model.parameters()):,}")
 
-    demos = demonstrations(train, args.slip_prob, random.Random(args.seed))
+    demos = demonstrations(train, args.slip_prob, args.left_to_right_prob, random.Random(args.seed))
     examples = encode_examples(tokenizer, [p.prompt for p in train], demos)
     def report(step):  # exploration only; harmless to the result: training draws no torch random numbers
         print(f"after {step} steps: greedy acc, eos rate {accuracy(model, tokenizer, test[:200], False)}", flush=True)

@@ -58,11 +58,13 @@ def _apply(a: int, op: str, b: int) -> int:
     return a + b if op == "+" else a - b if op == "-" else a * b
 
 
-def solve(expression: str, slips: dict[int, int] | None = None) -> Problem:
+def solve(expression: str, slips: dict[int, int] | None = None, *, left_to_right: bool = False) -> Problem:
     """Solve ``expression`` step by step.
 
     ``slips`` maps a step index to an amount added to that step's result: the error then propagates
     through the later steps exactly as a careless solver's would (used to make imperfect demonstrations).
+    ``left_to_right`` makes the classic precedence mistake: every operation strictly left to right
+    (``3+4*2`` -> ``3+4=7``, ``7*2=14``), a systematic error rather than a random slip.
     """
     tokens = _TOKEN_RE.findall(expression)
     if "".join(tokens) != expression or len(tokens) % 2 == 0:
@@ -78,7 +80,7 @@ def solve(expression: str, slips: dict[int, int] | None = None) -> Problem:
         return c
 
     i = 0
-    while i < len(ops):  # multiplications first, left to right
+    while i < len(ops) and not left_to_right:  # multiplications first, left to right
         if ops[i] == "*":
             values[i : i + 2] = [step(values[i], "*", values[i + 1])]
             del ops[i]

@@ -73,6 +73,27 @@ def test_slip_propagates_to_a_wrong_answer():
     assert p.steps == ("4*2=8", "3+8=12", "12-5=7") and p.answer == 7
 
 
+def independent_left_to_right(expression: str) -> int:
+    """The precedence mistake, computed independently: fold the tokens strictly left to right."""
+    tokens = re.findall(r"\d+|[+\-*]", expression)
+    acc = int(tokens[0])
+    for op, b in zip(tokens[1::2], tokens[2::2]):
+        acc = {"+": operator.add, "-": operator.sub, "*": operator.mul}[op](acc, int(b))
+    return acc
+
+
+def test_left_to_right_is_the_precedence_mistake():
+    p = solve("3+4*2-5", left_to_right=True)
+    assert p.steps == ("3+4=7", "7*2=14", "14-5=9") and p.answer == 9
+    problems = generate_split("test", 500, seed=0)
+    differ = 0
+    for q in problems:
+        wrong = solve(q.expression, left_to_right=True)
+        assert wrong.answer == independent_left_to_right(q.expression) and len(wrong.steps) == len(q.steps)
+        differ += wrong.answer != q.answer
+    assert 0.3 < differ / len(problems) < 0.6  # wrong on a good share of problems, right on the others
+
+
 def test_bad_requests_fail_clearly(tmp_path):
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         generate_split("dev", 1)
