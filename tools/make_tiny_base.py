@@ -12,6 +12,13 @@
    finds right answers often enough that RL has a signal to learn which strategy the reward prefers.
 4. Save in HF format (float32 safetensors) and print held-out greedy and sampled (T=1) accuracy.
 
+Whether such a small model learns to *complete* a precedence solution (find the ``*``, then carry the
+partial results) depends on the seed. On 128 held-out problems where the strategies disagree, seed 0's base
+follows precedence in 25% of greedy answers but finishes right in only 8% of 4 samples (RL sees almost no
+right answer there and does not learn); seed 1's is already mostly right (greedy 0.70); seed 2's (the
+default, shipped) chooses precedence in 35% of greedy answers and gets 31% right within 4 samples: greedy
+accuracy 0.65 with room that RL can reach.
+
 Prompt format (plain text, no chat template): ``"Q: 3+4*2-5=\\n"``; response ``"4*2=8\\n3+8=11\\n11-5=6\\nA: 6"``
 followed by EOS. See ``spro_mcore/data/synthetic_arithmetic.py``.
 
@@ -186,7 +193,7 @@ def accuracy(model, tokenizer, problems: list[Problem], do_sample: bool, seed: i
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=2)  # see the docstring: seed 0 rarely completes a precedence solution
     ap.add_argument("--train-size", type=int, default=20000)
     ap.add_argument("--eval-size", type=int, default=500)
     ap.add_argument("--slip-prob", type=float, default=0.1)

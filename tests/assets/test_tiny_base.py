@@ -79,5 +79,5 @@ def test_greedy_policy_speaks_the_format_and_is_partly_right(model, tokenizer):
     assert all(t.split("\n")[-1].startswith("A: ") for t in texts)
     acc = sum(arithmetic_reward(t, str(p.answer)) for t, p in zip(texts, problems)) / len(problems)
     card = json.loads((TINY_BASE_DIR / "card.json").read_text())
-    assert 0.15 <= acc <= 0.6, acc  # room for RL to improve, but not hopeless
-    assert 0.15 <= card["greedy_acc"] <= 0.6 and card["sampled_t1_acc"] < card["greedy_acc"]
+    assert 0.3 <= acc <= 0.8, acc  # room for RL to improve, but not hopeless
+    assert 0.3 <= card["greedy_acc"] <= 0.8 and card["sampled_t1_acc"] < card["greedy_acc"]
