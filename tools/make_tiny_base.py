@@ -22,7 +22,7 @@ accuracy 0.65 with room that RL can reach.
 Prompt format (plain text, no chat template): ``"Q: 3+4*2-5=\\n"``; response ``"4*2=8\\n3+8=11\\n11-5=6\\nA: 6"``
 followed by EOS. See ``spro_mcore/data/synthetic_arithmetic.py``.
 
-Usage: ``python tools/make_tiny_base.py [--out spro_mcore/assets/tiny_base] [--seed 0]``
+Usage: ``python tools/make_tiny_base.py [--out spro_mcore/assets/tiny_base] [--seed 2]``
 """
 
 from __future__ import annotations

@@ -81,3 +81,31 @@ def test_greedy_policy_speaks_the_format_and_is_partly_right(model, tokenizer):
     card = json.loads((TINY_BASE_DIR / "card.json").read_text())
     assert 0.3 <= acc <= 0.8, acc  # room for RL to improve, but not hopeless
     assert 0.3 <= card["greedy_acc"] <= 0.8 and card["sampled_t1_acc"] < card["greedy_acc"]
+
+
+def test_demonstrations_mix_the_precedence_mistake_and_slips():
+    """The recipe the shipped base was made from (its card records the probabilities)."""
+    import importlib.util
+    import random
+    from pathlib import Path
+
+    from spro_mcore.data.synthetic_arithmetic import solve
+
+    path = Path(__file__).resolve().parents[2] / "tools" / "make_tiny_base.py"
+    spec = importlib.util.spec_from_file_location("make_tiny_base", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    card = json.loads((TINY_BASE_DIR / "card.json").read_text())["args"]
+    problems = generate_split("train", 2000, seed=0)
+    demos = tool.demonstrations(problems, card["slip_prob"], card["left_to_right_prob"], random.Random(0))
+    differ = l2r_demos = slipped = 0
+    for p, d in zip(problems, demos):
+        l2r = solve(p.expression, left_to_right=True).response
+        if l2r != p.response:  # the orders disagree on the steps: a left-to-right demo is visible
+            differ += 1
+            l2r_demos += d == l2r
+        slipped += d not in (p.response, l2r)
+    n = len(problems)
+    # left-to-right demos: P(l2r) x P(no slip) = 0.45 of the problems where the orders disagree
+    assert 0.38 < l2r_demos / differ < 0.52, (l2r_demos, differ)
+    assert 0.07 < slipped / n < 0.13, slipped
