@@ -1,6 +1,9 @@
 """The shipped tiny base policy: loads with HF Auto classes, has the agreed shape, speaks the task format."""
 
+import importlib.util
 import json
+import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +11,7 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spro_mcore.assets import TINY_BASE_DIR
-from spro_mcore.data.synthetic_arithmetic import generate_split
+from spro_mcore.data.synthetic_arithmetic import generate_split, solve
 from spro_mcore.rewards.synthetic_arithmetic import arithmetic_reward
 
 pytestmark = pytest.mark.unit
@@ -85,12 +88,6 @@ def test_greedy_policy_speaks_the_format_and_is_partly_right(model, tokenizer):
 
 def test_demonstrations_mix_the_precedence_mistake_and_slips():
     """The recipe the shipped base was made from (its card records the probabilities)."""
-    import importlib.util
-    import random
-    from pathlib import Path
-
-    from spro_mcore.data.synthetic_arithmetic import solve
-
     path = Path(__file__).resolve().parents[2] / "tools" / "make_tiny_base.py"
     spec = importlib.util.spec_from_file_location("make_tiny_base", path)
     tool = importlib.util.module_from_spec(spec)
