@@ -28,7 +28,7 @@ def _convert(args) -> int:
 
 
 def _export(args) -> int:
-    from spro_mcore.trainer.checkpoint_export import export_main
+    from spro_mcore.trainer.checkpoint.export import export_main
 
     return export_main(args.export_args)
 

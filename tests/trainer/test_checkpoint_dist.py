@@ -134,7 +134,7 @@ def worker(mode: str, hf_dir: str, out_dir: str, tp: int, pp: int, resume: str, 
         except UserError as e:
             result["fault"] = str(e)
     if mode == "train":  # the HF export of the saved step-4 checkpoint equals the live weights
-        from spro_mcore.trainer.checkpoint_export import export_checkpoint_to_hf
+        from spro_mcore.trainer.checkpoint.export import export_checkpoint_to_hf
 
         export_checkpoint_to_hf(Path(out_dir) / "checkpoints", Path(out_dir) / "hf_step4")
     if dist.get_rank() == 0:
@@ -211,7 +211,7 @@ def test_resume_same_layout_is_bit_exact(trained):
     assert r["fault"].startswith("the rollout engine failed (engine server http://127.0.0.1:9 stopped answering")
     assert str(ckpts / "step_4") in r["fault"]
     assert (ckpts / "latest").read_text().strip() == "step_4"
-    from spro_mcore.trainer.checkpoint_files import verify
+    from spro_mcore.trainer.checkpoint.files import verify
 
     assert verify(ckpts / "step_4")["step"] == 4
 

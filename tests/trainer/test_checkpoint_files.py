@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from spro_mcore.models.hf_checkpoint import CheckpointError
-from spro_mcore.trainer import checkpoint_files as files
+from spro_mcore.trainer.checkpoint import files
 
 
 def _fake_checkpoint(root: Path, step: int, *, complete: bool = True) -> Path:

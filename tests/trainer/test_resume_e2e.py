@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from spro_mcore.trainer import checkpoint_files as files
+from spro_mcore.trainer.checkpoint import files
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 4

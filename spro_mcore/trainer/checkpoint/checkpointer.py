@@ -3,7 +3,7 @@
 A checkpoint of step N holds everything a run needs to continue as if it had never stopped: policy weights,
 optimizer state (distributed optimizer), LR schedule (one megatron-core dist checkpoint), the data iterator
 position, every rank's RNG states and where the reference weights come from. Layout and atomicity rules:
-`checkpoint_files`; the Megatron part: `checkpoint_state`.
+`files`; what is saved (the Megatron part): `state`, `rng`.
 
 The loop's contract:
     restore(parts) -> start step        (build_components, once the actor, prompts and engine exist)
@@ -33,10 +33,10 @@ from spro_mcore.config.schema import Config
 from spro_mcore.errors import UserError
 from spro_mcore.models.hf_checkpoint import CheckpointError
 from spro_mcore.parallel.distributed import Layout
-from spro_mcore.trainer import checkpoint_files as files
-from spro_mcore.trainer.checkpoint_preemption import PreemptionFlag, any_rank
-from spro_mcore.trainer.checkpoint_rng import capture_rng, reseed, restore_rng
-from spro_mcore.trainer.checkpoint_state import load_training_state, optimizer_step_count, save_training_state
+from spro_mcore.trainer.checkpoint import files
+from spro_mcore.trainer.checkpoint.preemption import PreemptionFlag, any_rank
+from spro_mcore.trainer.checkpoint.rng import capture_rng, reseed, restore_rng
+from spro_mcore.trainer.checkpoint.state import load_training_state, optimizer_step_count, save_training_state
 
 log = logging.getLogger(__name__)
 
@@ -373,7 +373,7 @@ class Checkpointer:
     # ---- the end -------------------------------------------------------------------------------------
     def finish(self, trainer) -> None:
         """Final checkpoint (unless just saved) and, with checkpoint.export_hf, <output_dir>/hf_final."""
-        from spro_mcore.trainer.checkpoint_export import export_policy
+        from spro_mcore.trainer.checkpoint.export import export_policy
 
         self.save_on_stop(trainer)
         if self.cfg.checkpoint.export_hf:

@@ -2,7 +2,7 @@
 training. Both go through the one HF <-> Megatron mapping (`models.export`) and write through a temporary
 directory that is renamed into place, so a killed export never leaves a half-written model behind.
 
-    python -m spro_mcore.trainer.checkpoint_export CHECKPOINT OUT_DIR [--hf-template DIR] [--tp T --pp P]
+    python -m spro_mcore.trainer.checkpoint.export CHECKPOINT OUT_DIR [--hf-template DIR] [--tp T --pp P]
 
 CHECKPOINT is a `step_<N>` directory or a checkpoint directory (its newest complete checkpoint).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from spro_mcore.errors import UserError
 from spro_mcore.models.hf_checkpoint import CheckpointError
-from spro_mcore.trainer import checkpoint_files as files
+from spro_mcore.trainer.checkpoint import files
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
