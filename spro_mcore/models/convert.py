@@ -18,6 +18,7 @@ import sys
 
 from spro_mcore.config.schema import ModelConfig
 from spro_mcore.errors import UserError
+from spro_mcore.parallel import collectives
 
 _DTYPE_NAMES = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
 
@@ -76,7 +77,7 @@ def mcore_to_hf(mcore_dir: str, hf_template: str, out_dir: str, *, tp: int = 1, 
     else:
         for _ in tensors:  # collective: every rank iterates
             pass
-    dist.barrier()
+    collectives.barrier()
 
 
 def build_parser() -> argparse.ArgumentParser:

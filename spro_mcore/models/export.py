@@ -20,11 +20,11 @@ from __future__ import annotations
 from typing import Iterator, Optional
 
 import torch
-import torch.distributed as dist
 
 from spro_mcore.models.hf_arch import HFArch, parse_hf_config
 from spro_mcore.models.unwrap import as_list, unwrap
 from spro_mcore.models.weight_map import ParamRule, hf_tensor_shapes, iter_rules, shards_to_hf
+from spro_mcore.parallel import collectives
 
 
 def _gather_tp(t: torch.Tensor) -> list[torch.Tensor]:
@@ -33,9 +33,7 @@ def _gather_tp(t: torch.Tensor) -> list[torch.Tensor]:
     tp = mpu.get_tensor_model_parallel_world_size()
     if tp == 1:
         return [t]
-    parts = [torch.empty_like(t) for _ in range(tp)]
-    dist.all_gather(parts, t.contiguous(), group=mpu.get_tensor_model_parallel_group())
-    return parts
+    return collectives.all_gather(t, group="tp")
 
 
 def _full_tensors(rule: ParamRule, arch: HFArch, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -57,14 +55,12 @@ def export_hf_weights(models, hf_config=None, *, dtype: Optional[torch.dtype] = 
     shapes = hf_tensor_shapes(arch)
     order = {name: i for i, name in enumerate(shapes)}
     local = [r for r in iter_rules(chunks) if r.export]
-    pp_group, pp = mpu.get_pipeline_model_parallel_group(), mpu.get_pipeline_model_parallel_world_size()
+    pp = mpu.get_pipeline_model_parallel_world_size()
     stage = mpu.get_pipeline_model_parallel_rank()
 
     # which pipeline stage holds each HF tensor (a rule's first HF name stands for the rule)
     mine = [r.hf_names[0] for r in local]
-    per_stage = [mine] if pp == 1 else [None] * pp
-    if pp > 1:
-        dist.all_gather_object(per_stage, mine, group=pp_group)
+    per_stage = collectives.all_gather_object(mine, group="pp")
     owner_of = {n: s for s, names in enumerate(per_stage) for n in names}
     groups = {}  # first HF name -> all HF names of that Megatron parameter
     for r in local:
@@ -100,7 +96,7 @@ def export_hf_weights(models, hf_config=None, *, dtype: Optional[torch.dtype] = 
             del tensors
         else:
             flat = torch.empty(sum(_numel(shapes[n]) for n in names), dtype=dtype, device=device)
-        dist.broadcast(flat, src=dist.get_global_rank(pp_group, src_stage), group=pp_group)
+        collectives.broadcast(flat, src_group_rank=src_stage, group="pp")
         offset = 0
         for n in names:
             k = _numel(shapes[n])

@@ -22,11 +22,11 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from spro_mcore.parallel import collectives
 
-def _all_reduce(t: torch.Tensor, op, group) -> torch.Tensor:
-    if group is not None and dist.get_world_size(group) > 1:
-        dist.all_reduce(t, op=op, group=group)
-    return t
+
+def _all_reduce(t: torch.Tensor, op: str, group) -> torch.Tensor:
+    return t if group is None else collectives.all_reduce(t, op, group)
 
 
 class _ChunkedLogprob(torch.autograd.Function):
@@ -44,7 +44,7 @@ class _ChunkedLogprob(torch.autograd.Function):
             inside = (local_t >= 0) & (local_t < valid_rows)
             rows = inside.nonzero().squeeze(-1)
             m = z.max(-1).values if valid_rows > 0 else z.new_full((hi - lo,), float("-inf"))
-            _all_reduce(m, dist.ReduceOp.MAX, group)
+            _all_reduce(m, "max", group)
             stats = z.new_zeros(3 if with_entropy else 2, hi - lo)
             stats[1, rows] = z[rows, local_t[rows]]
             if with_entropy:
@@ -57,7 +57,7 @@ class _ChunkedLogprob(torch.autograd.Function):
                 z.sub_(m[:, None]).exp_()
                 stats[0] = z.sum(-1)
             del z
-            _all_reduce(stats, dist.ReduceOp.SUM, group)
+            _all_reduce(stats, "sum", group)
             lse = m + stats[0].log()
             lse_all[lo:hi] = lse
             logp[lo:hi] = stats[1] - lse

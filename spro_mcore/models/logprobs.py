@@ -33,10 +33,10 @@ from functools import partial
 from typing import Callable, Optional
 
 import torch
-import torch.distributed as dist
 
 from spro_mcore.models.logprob_kernel import vocab_parallel_logprobs
 from spro_mcore.models.unwrap import as_list, unwrap
+from spro_mcore.parallel import collectives
 
 DEFAULT_CHUNK_TOKENS = 1024
 
@@ -160,10 +160,8 @@ def sequence_logprobs(models, input_ids: torch.Tensor, prompt_lens: torch.Tensor
     else:
         lp = torch.empty(b, width, dtype=torch.float32, device=device)
         ent = torch.empty_like(lp) if with_entropy else None
-    if mpu.get_pipeline_model_parallel_world_size() > 1:
-        group = mpu.get_pipeline_model_parallel_group()
-        src = dist.get_global_rank(group, mpu.get_pipeline_model_parallel_world_size() - 1)
-        dist.broadcast(lp, src=src, group=group)
-        if with_entropy:
-            dist.broadcast(ent, src=src, group=group)
+    last = mpu.get_pipeline_model_parallel_world_size() - 1
+    collectives.broadcast(lp, src_group_rank=last, group="pp")
+    if with_entropy:
+        collectives.broadcast(ent, src_group_rank=last, group="pp")
     return lp, ent

@@ -17,6 +17,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from spro_mcore.models.hf_checkpoint import CheckpointError
 from spro_mcore.models.unwrap import as_list, unwrap
+from spro_mcore.parallel import collectives
 
 METADATA = "spro_mcore_model.json"
 FORMAT = "spro-mcore/megatron-dist-checkpoint"
@@ -44,7 +45,7 @@ def save_mcore_checkpoint(models, out_dir: str, extra_metadata: dict | None = No
         os.makedirs(out_dir, exist_ok=True)
         if os.listdir(out_dir):
             raise CheckpointError(f"output directory {out_dir!r} is not empty")
-    dist.barrier()
+    collectives.barrier()
     dist_checkpointing.save(_sharded_state_dict(models), out_dir)
     if dist.get_rank() == 0:
         meta = {
@@ -57,7 +58,7 @@ def save_mcore_checkpoint(models, out_dir: str, extra_metadata: dict | None = No
         }
         with open(os.path.join(out_dir, METADATA), "w") as f:
             json.dump(meta, f, indent=2)
-    dist.barrier()
+    collectives.barrier()
 
 
 def read_metadata(ckpt_dir: str) -> dict[str, Any]:

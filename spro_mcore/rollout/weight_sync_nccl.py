@@ -17,6 +17,8 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 
+from spro_mcore.parallel import collectives
+
 
 @dataclass(frozen=True)
 class BucketMeta:
@@ -57,7 +59,7 @@ def init_broadcast_group(master_address: str, master_port: int, rank: int, world
 def broadcast_bucket(group: dist.ProcessGroup, bucket: list[tuple[str, torch.Tensor]]) -> None:
     """Rank 0's side: every tensor of the bucket, in order (tensors must be on the group's device)."""
     for _, tensor in bucket:
-        dist.broadcast(tensor, src=0, group=group)
+        collectives.broadcast(tensor, 0, group)
 
 
 def receive_bucket(group: dist.ProcessGroup, meta: BucketMeta, device: torch.device | str = "cpu"
@@ -66,7 +68,7 @@ def receive_bucket(group: dist.ProcessGroup, meta: BucketMeta, device: torch.dev
     out = []
     for name, dtype, shape in zip(meta.names, meta.dtypes, meta.shapes):
         tensor = torch.empty(shape, dtype=getattr(torch, dtype), device=device)
-        dist.broadcast(tensor, src=0, group=group)
+        collectives.broadcast(tensor, 0, group)
         out.append((name, tensor))
     return out
 

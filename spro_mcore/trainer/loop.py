@@ -17,13 +17,13 @@ import logging
 import time
 
 import torch
-import torch.distributed as dist
 
 from spro_mcore.algo.registry import compute_advantages, estimator_options
 from spro_mcore.config.schema import Config
+from spro_mcore.parallel import collectives
 from spro_mcore.parallel.distributed import Layout
 from spro_mcore.rollout.engine import EngineError, SamplingParams
-from spro_mcore.trainer.actor import MegatronActor
+from spro_mcore.trainer.policy import Policy
 from spro_mcore.trainer.evaluate import evaluate
 from spro_mcore.trainer.metrics import MetricsLogger, StepTimer
 from spro_mcore.trainer.rollout_batch import RolloutBatch, build_rollout_batch
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 class Trainer:
     def __init__(self, cfg: Config, layout: Layout, parts: Components):
         self.cfg, self.layout, self.parts = cfg, layout, parts
-        self.actor: MegatronActor = parts.actor
+        self.policy: Policy = parts.policy
         self.engine = parts.engine  # None on ranks that do not generate
         self.step_no = parts.start_step
         # the algo.* fields the chosen estimator takes (beta and baseline are SPRO's alone)
@@ -58,8 +58,8 @@ class Trainer:
             batch = self._share_batch(batch)
 
             with timer("logprob"):
-                old_logprobs, entropy = self.actor.logprobs(batch, with_entropy=True)
-                ref_logprobs, _ = self.actor.logprobs(batch, reference=True)
+                old_logprobs, entropy = self.policy.logprobs(batch, with_entropy=True)
+                ref_logprobs, _ = self.policy.logprobs(batch, reference=True)
 
             advantages, adv_metrics = compute_advantages(
                 cfg.algo.estimator, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
@@ -68,7 +68,7 @@ class Trainer:
             )
 
             with timer("update"):
-                update_metrics = self.actor.update(batch, advantages, old_logprobs, ref_logprobs)
+                update_metrics = self.policy.update(batch, advantages, old_logprobs, ref_logprobs)
 
             with timer("weight_sync"):
                 sync_metrics = self._sync_weights()
@@ -107,13 +107,10 @@ class Trainer:
     def _share_batch(self, batch: RolloutBatch | EngineError | None) -> RolloutBatch:
         """The owner of the engine built the batch (or met an engine failure); the other ranks of its
         model-parallel group receive it, and all of them raise the failure together."""
-        from megatron.core import parallel_state as mpu
-
-        group = mpu.get_model_parallel_group()
-        if dist.get_world_size(group) > 1:
-            box = [batch.to_dict() if isinstance(batch, RolloutBatch) else batch]
-            dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0), group=group)
-            batch = RolloutBatch(**box[0]) if isinstance(box[0], dict) else box[0]
+        if self.layout.tp * self.layout.pp > 1:
+            shared = collectives.broadcast_object(batch.to_dict() if isinstance(batch, RolloutBatch) else batch,
+                                                  src_group_rank=0, group="mp")
+            batch = RolloutBatch(**shared) if isinstance(shared, dict) else shared
         if isinstance(batch, EngineError):
             raise batch
         return batch
@@ -121,7 +118,7 @@ class Trainer:
     def _sync_weights(self) -> dict:
         """Every rank takes part in the export (TP gathers, PP broadcasts); the engine owner loads it.
         (time/weight_sync, export included, comes from the step timer.)"""
-        tensors = self.actor.export_weights(dtype=getattr(torch, self.cfg.rollout.dtype))
+        tensors = self.policy.export_weights(dtype=getattr(torch, self.cfg.rollout.dtype))
         if self.engine is None:
             for _ in tensors:  # drain: the collectives must run on every rank
                 pass
@@ -144,13 +141,10 @@ class Trainer:
 
     def _mean_over_replicas(self, metrics: dict) -> dict:
         """Average scalar metrics over data-parallel replicas (max for */max, sum for nothing else)."""
-        from megatron.core import parallel_state as mpu
-
         out = {k: float(v) for k, v in metrics.items()}
-        if mpu.get_data_parallel_world_size() == 1:
+        if self.layout.dp == 1:
             return out
-        rows = [None] * mpu.get_data_parallel_world_size()
-        dist.all_gather_object(rows, out, group=mpu.get_data_parallel_group())
+        rows = collectives.all_gather_object(out, group="dp")
         merged = {}
         for k in out:
             vals = [r[k] for r in rows if k in r]

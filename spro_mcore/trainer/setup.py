@@ -1,4 +1,4 @@
-"""Build what the loop needs from the config: tokenizer, policy/reference actor, rollout engine (on the ranks
+"""Build what the loop needs from the config: tokenizer, policy (with its reference), rollout engine (on the ranks
 that own one), prompt iterator, held-out prompts and the reward scorer; then resume if a checkpoint says so."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def resolve_model_path(path: str) -> str:
 
 @dataclass
 class Components:
-    actor: Any  # trainer.actor.MegatronActor
+    policy: Any  # trainer.policy.Policy (the megatron-core implementation)
     engine: Any  # rollout.engine.Engine on the rank that owns its model-parallel group's engine, else None
     tokenizer: Any
     pad_id: int
@@ -54,7 +54,7 @@ def build_components(cfg: Config, layout: Layout, *, checkpointer=None) -> Compo
 
     from spro_mcore.models.mcore_checkpoint import is_mcore_checkpoint
     from spro_mcore.rollout.engine import EngineSpec, build_engine
-    from spro_mcore.trainer.actor import MegatronActor
+    from spro_mcore.trainer.policy.megatron_policy import MegatronPolicy
     from spro_mcore.trainer.group_scorer import GroupScorer
     from spro_mcore.trainer.prompts import build_prompt_sources
 
@@ -65,18 +65,18 @@ def build_components(cfg: Config, layout: Layout, *, checkpointer=None) -> Compo
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prompts, eval_prompts = build_prompt_sources(cfg, tokenizer, layout)
     updates = cfg.trainer.total_steps * cfg.trainer.mini_batches * cfg.trainer.ppo_epochs
-    actor = MegatronActor(cfg, model_path, reference_path, total_updates=updates)
+    policy = MegatronPolicy(cfg, layout, model_path, reference_path, total_updates=updates)
     engine = None
     if owns_engine(layout):
         if is_mcore_checkpoint(model_path):
             raise UserError(f"model.path={model_path} is a Megatron checkpoint: the rollout engine needs an HF "
                             f"directory (convert it with `spro-mcore convert mcore-to-hf`)")
         # the longest sequence a step can make, within what the model's positions allow
-        max_len = min(actor.arch.max_position_embeddings, cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens)
+        max_len = min(policy.arch.max_position_embeddings, cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens)
         engine = build_engine(EngineSpec.from_rollout_config(cfg.rollout, hf_dir, seed=cfg.trainer.seed,
                                                              max_model_len=max_len))
     scorer = GroupScorer(cfg.data.reward_fn, timeout_s=cfg.data.reward_timeout_s)
-    parts = Components(actor=actor, engine=engine, tokenizer=tokenizer, pad_id=pad_id, prompts=prompts,
+    parts = Components(policy=policy, engine=engine, tokenizer=tokenizer, pad_id=pad_id, prompts=prompts,
                        eval_prompts=eval_prompts, scorer=scorer, model_path=model_path)
     if checkpointer is not None:
         parts.start_step = checkpointer.restore(parts)

@@ -83,7 +83,7 @@ def worker(mode: str, hf_dir: str, out_dir: str, tp: int, pp: int, resume: str, 
     from spro_mcore.config.schema import Config
     from spro_mcore.models.hf_checkpoint import CheckpointError
     from spro_mcore.parallel import initialize_model_parallel, seed_everything
-    from spro_mcore.trainer.actor import MegatronActor
+    from spro_mcore.trainer.policy.megatron_policy import MegatronPolicy
     from spro_mcore.trainer.checkpoint import Checkpointer
 
     layout = initialize_model_parallel(tp=tp, pp=pp)
@@ -96,8 +96,8 @@ def worker(mode: str, hf_dir: str, out_dir: str, tp: int, pp: int, resume: str, 
     cfg.checkpoint.async_save = async_save
     cfg.checkpoint.resume = resume
     cfg.checkpoint.export_hf = False
-    actor = MegatronActor(cfg, hf_dir, hf_dir, total_updates=STEPS)
-    parts = SimpleNamespace(actor=actor, prompts=CountingPrompts(), engine=None, model_path=hf_dir)
+    actor = MegatronPolicy(cfg, layout, hf_dir, hf_dir, total_updates=STEPS)
+    parts = SimpleNamespace(policy=actor, prompts=CountingPrompts(), engine=None, model_path=hf_dir)
     result: dict = {"layout": [layout.tp, layout.pp, layout.dp]}
 
     if mode == "bad_path":  # an explicit bad checkpoint: one clear error, nothing loaded

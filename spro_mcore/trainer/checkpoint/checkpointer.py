@@ -6,7 +6,7 @@ position, every rank's RNG states and where the reference weights come from. Lay
 `files`; what is saved (the Megatron part): `state`, `rng`.
 
 The loop's contract:
-    restore(parts) -> start step        (build_components, once the actor, prompts and engine exist)
+    restore(parts) -> start step        (build_components, once the policy, prompts and engine exist)
     maybe_save(trainer, step, metrics)  (after every step: periodic save, non-finite stop)
     with on_preemption(trainer): fit()  (SIGTERM/SIGINT -> stop at a step boundary, save, exit 0;
                                          an engine failure -> save, one clear error)
@@ -27,16 +27,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import torch.distributed as dist
 
 from spro_mcore.config.schema import Config
 from spro_mcore.errors import UserError
+from spro_mcore.models import dist_checkpoint
 from spro_mcore.models.hf_checkpoint import CheckpointError
+from spro_mcore.parallel import collectives
 from spro_mcore.parallel.distributed import Layout
+from spro_mcore.parallel.rng_state import capture_rng, reseed, restore_rng
 from spro_mcore.trainer.checkpoint import files
 from spro_mcore.trainer.checkpoint.preemption import PreemptionFlag, any_rank
-from spro_mcore.trainer.checkpoint.rng import capture_rng, reseed, restore_rng
-from spro_mcore.trainer.checkpoint.state import load_training_state, optimizer_step_count, save_training_state
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Checkpointer:
         self.resumed_from: Optional[Path] = None
         self._flag = PreemptionFlag()
         self._stop = False
-        self._queue = None  # megatron-core AsyncCallsQueue (async_save)
+        self._async = dist_checkpoint.AsyncSaves()  # saves in flight (checkpoint.async_save)
         self._parts = None
         self._boundary: Optional[Boundary] = None
         self._hf_template: Optional[str] = None
@@ -124,10 +124,10 @@ class Checkpointer:
                                                  "(step_<N>) nor a directory of checkpoints")
             except OSError as e:
                 box[0] = CheckpointError(f"cannot read checkpoint directory {self.dir}: {e}")
-        _broadcast(box)
-        if isinstance(box[0], Exception):
-            raise box[0]
-        return box[0]
+        found = collectives.broadcast_object(box[0])
+        if isinstance(found, Exception):
+            raise found
+        return found
 
     def _verify(self, ckpt: Path) -> Optional[str]:
         """Collective: None when `ckpt` is complete and intact on every rank's share, else the problem."""
@@ -136,10 +136,7 @@ class Checkpointer:
             problem = None
         except CheckpointError as e:
             problem = str(e)
-        if dist.get_world_size() > 1:
-            found = [None] * dist.get_world_size()
-            dist.all_gather_object(found, problem)
-            problem = next((p for p in found if p), None)
+        problem = next((p for p in collectives.all_gather_object(problem) if p), None)
         return problem
 
     def _load(self, ckpt: Path, parts) -> int:
@@ -147,7 +144,8 @@ class Checkpointer:
             state = torch.load(ckpt / files.TRAINER_STATE, weights_only=False)
         except Exception as e:  # noqa: BLE001 - a verified file that does not unpickle
             raise CheckpointError(f"checkpoint {ckpt}: cannot read {files.TRAINER_STATE} ({e})") from None
-        load_training_state(parts.actor, str(ckpt))
+        policy = parts.policy
+        policy.load_state_dict(dist_checkpoint.load(policy.sharded_state_dict(is_loading=True), str(ckpt)))
         parts.prompts.load_state_dict(state["prompts"])
         if state["layout"] == self._layout_key():
             restore_rng(torch.load(files.rng_file(ckpt, self.layout.rank), weights_only=False))
@@ -157,7 +155,7 @@ class Checkpointer:
                             "resharded; RNG streams are re-seeded (the run no longer repeats an uninterrupted one "
                             "bit for bit)", ckpt, state["layout"], self._layout_key())
             reseed(self.cfg.trainer.seed, state["step"])
-        self._restore_reference(state["reference"], parts.actor)
+        self._restore_reference(state["reference"], policy)
         if self.layout.is_main:
             log.info("resumed from %s (step %d)", ckpt, state["step"])
         return int(state["step"])
@@ -175,11 +173,11 @@ class Checkpointer:
                 files.write_latest(self.dir, self.resumed_from)
             elif (self.dir / files.LATEST).exists() and not files.complete_checkpoints(self.dir):
                 (self.dir / files.LATEST).unlink()
-        _barrier()
+        collectives.barrier()
 
     def _sync_engine(self, parts) -> None:
         """The engine still serves the initial weights: give it the restored policy (export is collective)."""
-        tensors = parts.actor.export_weights(dtype=getattr(torch, self.cfg.rollout.dtype))
+        tensors = parts.policy.export_weights(dtype=getattr(torch, self.cfg.rollout.dtype))
         if parts.engine is not None:
             parts.engine.update_weights(tensors)
         else:
@@ -193,7 +191,7 @@ class Checkpointer:
         path = resolve_model_path(m.reference_path) if m.reference_path else self._parts.model_path
         return {"mode": m.reference_mode, "path": os.path.abspath(path)}
 
-    def _restore_reference(self, saved: dict, actor) -> None:
+    def _restore_reference(self, saved: dict, policy) -> None:
         """The reference must stay the one the run started with, even if model.path now names another model
         (e.g. a resumed run pointed at a checkpoint)."""
         if saved["path"] == self._reference["path"]:
@@ -206,15 +204,7 @@ class Checkpointer:
         if self.layout.is_main:
             log.warning("reference weights: the run started with %s (config now says %s); reloading them from %s",
                         saved["path"], self._reference["path"], saved["path"])
-        from spro_mcore.models.loader import load_model
-
-        chunks, _ = load_model(saved["path"], self.cfg.model)
-        src = [p for c in chunks for p in c.parameters()]
-        dst = ([p for c in actor._ref_chunks for p in c.parameters()] if actor._ref_chunks is not None
-               else actor._ref_tensors)
-        with torch.no_grad():
-            for d, s in zip(dst, src, strict=True):
-                d.copy_(s)
+        policy.load_reference(saved["path"])
         self._reference = dict(saved)
 
     # ---- saving --------------------------------------------------------------------------------------
@@ -233,8 +223,7 @@ class Checkpointer:
             self._save(self._boundary)
 
     def _capture(self, step: int) -> Boundary:
-        actor = self._parts.actor
-        return Boundary(step=step, optimizer_steps=optimizer_step_count(actor),
+        return Boundary(step=step, optimizer_steps=self._parts.policy.optimizer_steps,
                         prompts=copy.deepcopy(self._parts.prompts.state_dict()), rng=capture_rng())
 
     def _save(self, b: Boundary) -> Path:
@@ -243,14 +232,13 @@ class Checkpointer:
         from spro_mcore.models.mcore_checkpoint import METADATA
 
         self._finalize_async(blocking=True)  # one save in flight at a time
-        box = [files.new_partial_name(b.step)]
-        _broadcast(box)
-        partial = self.dir / box[0]
+        partial = self.dir / collectives.broadcast_object(files.new_partial_name(b.step))
         if self.layout.is_main:
             partial.mkdir(parents=True)
-        _barrier()
+        collectives.barrier()
         start = time.perf_counter()
-        request = save_training_state(self._parts.actor, str(partial), async_save=self.cfg.checkpoint.async_save)
+        request = dist_checkpoint.save(self._parts.policy.sharded_state_dict(), str(partial),
+                                       async_save=self.cfg.checkpoint.async_save)
         (partial / files.RNG_DIR).mkdir(exist_ok=True)
         torch.save(b.rng, files.rng_file(partial, self.layout.rank))
         if self.layout.is_main:
@@ -260,26 +248,17 @@ class Checkpointer:
         if request is None:
             self._commit(b.step, partial, start)
         else:
-            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
-
-            request.finalize_fns.append(lambda: self._commit(b.step, partial, start))
-            if self._queue is None:
-                self._queue = AsyncCallsQueue()
-            self._queue.schedule_async_request(request)
+            self._async.schedule(request, lambda: self._commit(b.step, partial, start))
         return final
 
     def _commit(self, step: int, partial: Path, start: float) -> None:
         """Collective, once every rank's files are written: manifest (checksums computed in parallel over the
         ranks), rename into place, move `latest`, prune."""
-        _barrier()
-        box = [files.list_files(partial) if self.layout.is_main else None]
-        _broadcast(box)
+        collectives.barrier()
+        names = collectives.broadcast_object(files.list_files(partial) if self.layout.is_main else None)
         mine = {rel: files.file_digest(partial / rel, fsync=True)
-                for rel in box[0][self.layout.rank::self.layout.world_size]}
-        digests = [mine]
-        if dist.get_world_size() > 1:
-            digests = [None] * dist.get_world_size()
-            dist.all_gather_object(digests, mine)
+                for rel in names[self.layout.rank::self.layout.world_size]}
+        digests = collectives.all_gather_object(mine)
         if self.layout.is_main:
             all_digests = {k: v for d in digests for k, v in d.items()}
             files.write_manifest(partial, all_digests, {"step": step, "time": time.time()})
@@ -292,12 +271,11 @@ class Checkpointer:
             for p in files.prune(self.dir, self.cfg.checkpoint.keep_last, protect=final):
                 log.info("removed old checkpoint %s", p)
             log.info("saved checkpoint %s (%.1fs)", final, time.perf_counter() - start)
-        _barrier()
+        collectives.barrier()
         self.last_saved_step = step
 
     def _finalize_async(self, blocking: bool) -> None:
-        if self._queue is not None and self._queue.get_num_unfinalized_calls():
-            self._queue.maybe_finalize_async_calls(blocking=blocking)
+        self._async.finalize(blocking)
 
     def _trainer_state(self, b: Boundary) -> dict:
         return {"format": 1, "step": b.step, "prompts": b.prompts, "reference": self._reference,
@@ -310,17 +288,8 @@ class Checkpointer:
 
     def _model_metadata(self) -> dict:
         """As `models.mcore_checkpoint` writes it: the checkpoint doubles as a model checkpoint."""
-        from spro_mcore.models.mcore_checkpoint import FORMAT
-
-        actor = self._parts.actor
-        chunk, arch = actor.chunks()[0], actor.arch
-        return {
-            "format": FORMAT, "version": 1, "architecture": (arch.config.get("architectures") or [arch.family])[0],
-            "model_type": arch.family, "dtype": str(chunk.config.params_dtype).replace("torch.", ""),
-            "padded_vocab_size": chunk.vocab_size, "vocab_size": arch.vocab_size,
-            "saved_with": {"tp": self.layout.tp, "pp": self.layout.pp}, "hf_config": dict(arch.config),
-            "hf_template": self._hf_template,
-        }
+        return {**self._parts.policy.model_metadata(), "hf_template": self._hf_template,
+                "saved_with": {"tp": self.layout.tp, "pp": self.layout.pp}}
 
     # ---- non-finite updates --------------------------------------------------------------------------
     def _nonfinite_problem(self, metrics: Optional[dict]) -> Optional[str]:
@@ -362,7 +331,7 @@ class Checkpointer:
         (the failure came before the update), that boundary is saved and the step is redone on resume;
         otherwise the step's update is kept and saved as finished (its metrics row is lost)."""
         b = self._boundary
-        unchanged = trainer.step_no == b.step and optimizer_step_count(self._parts.actor) == b.optimizer_steps
+        unchanged = trainer.step_no == b.step and self._parts.policy.optimizer_steps == b.optimizer_steps
         if not unchanged:
             b = self._capture(max(trainer.step_no, b.step + 1))
             if self.layout.is_main:
@@ -377,11 +346,10 @@ class Checkpointer:
 
         self.save_on_stop(trainer)
         if self.cfg.checkpoint.export_hf:
-            out = export_policy(self._parts.actor, Path(self.cfg.trainer.output_dir) / "hf_final", self._hf_template)
+            out = export_policy(self._parts.policy, Path(self.cfg.trainer.output_dir) / "hf_final", self._hf_template)
             if self.layout.is_main:
                 log.info("exported the final policy to %s", out)
-        if self._queue is not None:
-            self._queue.close()
+        self._async.close()
 
 
 def nonfinite_in_row(before: int, skipped: int, updates_per_step: int) -> int:
@@ -419,12 +387,3 @@ class _PreemptionScope:
                             "rerun the same command to resume once the engine works") from exc
         return False
 
-
-def _broadcast(box: list) -> None:
-    if dist.get_world_size() > 1:
-        dist.broadcast_object_list(box, src=0)
-
-
-def _barrier() -> None:
-    if dist.get_world_size() > 1:
-        dist.barrier()

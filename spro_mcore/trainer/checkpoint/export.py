@@ -17,6 +17,7 @@ from pathlib import Path
 
 from spro_mcore.errors import UserError
 from spro_mcore.models.hf_checkpoint import CheckpointError
+from spro_mcore.parallel import collectives
 from spro_mcore.trainer.checkpoint import files
 
 
@@ -60,12 +61,12 @@ def export_checkpoint_to_hf(checkpoint: str | Path, out_dir: str | Path, *, hf_t
     mcore_to_hf(str(ckpt), template, str(tmp), tp=tp, pp=pp)
     if dist.get_rank() == 0:
         _replace_dir(tmp, out)
-    dist.barrier()
+    collectives.barrier()
     return out
 
 
-def export_policy(actor, out_dir: str | Path, hf_template: str) -> Path:
-    """Collective: the actor's current weights as an HF directory (safetensors + the template's config and
+def export_policy(policy, out_dir: str | Path, hf_template: str) -> Path:
+    """Collective: the policy's current weights as an HF directory (safetensors + the template's config and
     tokenizer files), replacing `out_dir`."""
     import torch.distributed as dist
 
@@ -73,7 +74,7 @@ def export_policy(actor, out_dir: str | Path, hf_template: str) -> Path:
 
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".partial")
-    tensors = actor.export_weights()
+    tensors = policy.export_weights()
     if dist.get_rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         copy_non_weight_files(hf_template, str(tmp))
@@ -82,7 +83,7 @@ def export_policy(actor, out_dir: str | Path, hf_template: str) -> Path:
     else:
         for _ in tensors:  # collective: every rank iterates
             pass
-    dist.barrier()
+    collectives.barrier()
     return out
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import signal
 
-import torch
 import torch.distributed as dist
+
+from spro_mcore.parallel import collectives
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,6 @@ class PreemptionFlag:
 
 def any_rank(flag: bool) -> bool:
     """Collective: True on every rank when `flag` is True on any rank."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not (dist.is_available() and dist.is_initialized()):
         return flag
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return collectives.any_rank(flag)

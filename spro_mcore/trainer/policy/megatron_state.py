@@ -1,6 +1,5 @@
-"""The Megatron half of a training checkpoint: policy weights, optimizer state and LR schedule as ONE
-megatron-core dist checkpoint (sharded_state_dict), saved synchronously or asynchronously and loaded at any
-TP/PP/DP layout (dist checkpoints reshard).
+"""The megatron-core policy's sharded state: weights, optimizer state and LR schedule as ONE sharded state dict
+(written by `models.dist_checkpoint`, loadable at any TP/PP/DP layout: dist checkpoints reshard).
 
 The model is stored under the same keys as `models.mcore_checkpoint` ("model", or "model<i>" per virtual
 pipeline chunk), so a training checkpoint also loads as `model.path` and converts to HF with
@@ -10,62 +9,40 @@ pipeline chunk), so a training checkpoint also loads as `model.path` and convert
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
-from spro_mcore.models.hf_checkpoint import CheckpointError
+from spro_mcore.models.dist_checkpoint import CONTENT_METADATA
 from spro_mcore.models.mcore_checkpoint import _sharded_state_dict
 from spro_mcore.models.unwrap import as_list, unwrap
-
-OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 
 def _optimizers(optimizer) -> list:
     return list(getattr(optimizer, "chained_optimizers", [optimizer]))
 
 
-def sharded_training_state(actor, *, is_loading: bool) -> dict:
-    state = _sharded_state_dict(actor.model)
-    state["optimizer"] = actor.optimizer.sharded_state_dict(state, is_loading=is_loading, metadata=OPTIM_METADATA)
-    state["scheduler"] = actor.scheduler.state_dict()
+def sharded_training_state(model, optimizer, scheduler, *, is_loading: bool) -> dict:
+    if is_loading:
+        for opt in _optimizers(optimizer):
+            if hasattr(opt, "_set_main_param_and_optimizer_states"):  # the DistributedOptimizer
+                _allocate_adam_state(opt.optimizer)
+    state = _sharded_state_dict(model)
+    state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=is_loading, metadata=CONTENT_METADATA)
+    state["scheduler"] = scheduler.state_dict()
     return state
 
 
-def save_training_state(actor, ckpt_dir: str, *, async_save: bool = False):
-    """Collective. Returns megatron-core's AsyncRequest when `async_save` (schedule it on an
-    AsyncCallsQueue; the files are complete only once it is finalized), else None."""
-    from megatron.core import dist_checkpointing
-
-    return dist_checkpointing.save(sharded_training_state(actor, is_loading=False), ckpt_dir,
-                                   async_sharded_save=async_save, content_metadata=dict(OPTIM_METADATA))
-
-
 @torch.no_grad()
-def load_training_state(actor, ckpt_dir: str) -> None:
-    """Collective: fill the actor's model chunks, optimizer and scheduler from `ckpt_dir`."""
-    from megatron.core import dist_checkpointing
-    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
-
-    for opt in _optimizers(actor.optimizer):
-        if hasattr(opt, "_set_main_param_and_optimizer_states"):  # the DistributedOptimizer
-            _allocate_adam_state(opt.optimizer)
-    request = sharded_training_state(actor, is_loading=True)
-    try:
-        state = dist_checkpointing.load(request, ckpt_dir)
-    except CheckpointError:
-        raise
-    except (Exception, CheckpointException) as e:  # missing shards, unreshardable layout, unreadable files
-        raise CheckpointError(f"cannot load training checkpoint {ckpt_dir}: {type(e).__name__}: {e}") from e
-    chunks = [unwrap(m) for m in as_list(actor.model)]
+def load_training_state(model, optimizer, scheduler, state: dict) -> None:
+    """Fill the model chunks, optimizer and scheduler from a loaded `sharded_training_state`."""
+    chunks = [unwrap(m) for m in as_list(model)]
     if len(chunks) == 1:
         chunks[0].load_state_dict(state["model"])
     else:
         for i, c in enumerate(chunks):
             c.load_state_dict(state[f"model{i}"])
-    with _adam_step_kept(actor.optimizer):
-        actor.optimizer.load_state_dict(state["optimizer"])
-    actor.scheduler.load_state_dict(state["scheduler"])
+    with _adam_step_kept(optimizer):
+        optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
 
 
 # ---- megatron-core 0.16.1 + plain torch Adam (no Apex / Transformer Engine) ----------------------------
@@ -119,7 +96,3 @@ class _adam_step_kept:
                         st["step"] = st["step"].clone()  # one tensor per parameter again
         return False
 
-
-def optimizer_step_count(actor) -> Optional[int]:
-    """Optimizer steps taken so far (from the LR schedule), to tell whether the weights moved."""
-    return getattr(actor.scheduler, "num_steps", None)

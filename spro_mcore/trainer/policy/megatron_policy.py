@@ -1,4 +1,5 @@
-"""The policy (and its frozen reference) as megatron-core models: log-prob passes, the PPO update, export.
+"""The megatron-core implementation of the `Policy` seam: the policy (and its frozen reference) as megatron-core
+models: log-prob passes, the PPO update, export, sharded state.
 
 The policy is this rank's GPTModel chunks wrapped in megatron-core DDP with the (distributed) Megatron
 optimizer and an LR schedule. The reference shares the architecture and is held either as a copy of the
@@ -10,6 +11,10 @@ micro-batches and DDP averages gradients over data-parallel ranks. Both are swit
 (`calculate_per_token_loss`: the schedule leaves the loss alone and DDP sums), and the PPO loss of every
 micro-batch is normalised by the GLOBAL token / sequence counts of its mini-batch (all data-parallel ranks),
 so the accumulated gradient equals the gradient of the one-big-batch loss.
+
+Devices: batches arrive on the CPU; each micro-batch moves to the model's device as it is built, and every
+result goes back to the CPU (`Policy`'s contract). Collectives go through `parallel.collectives`, which puts
+their tensors on the backend's device (NCCL: CUDA, gloo: CPU).
 """
 
 from __future__ import annotations
@@ -18,29 +23,27 @@ import contextlib
 from typing import Iterator, Optional
 
 import torch
-import torch.distributed as dist
 
 from spro_mcore.config.schema import Config
+from spro_mcore.parallel import collectives
+from spro_mcore.parallel.distributed import Layout
 from spro_mcore.trainer.micro_batches import split_even
+from spro_mcore.trainer.policy.interface import Policy
+from spro_mcore.trainer.policy.megatron_state import load_training_state, sharded_training_state
 from spro_mcore.trainer.rollout_batch import RolloutBatch
 
 
-def _mpu():
-    from megatron.core import parallel_state
-
-    return parallel_state
-
-
-class MegatronActor:
-    def __init__(self, cfg: Config, model_path: str, reference_path: str, *, total_updates: int):
+class MegatronPolicy(Policy):
+    def __init__(self, cfg: Config, layout: Layout, model_path: str, reference_path: str, *, total_updates: int):
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
         from spro_mcore.models.loader import load_model
 
-        self.cfg = cfg
+        self.cfg, self.layout = cfg, layout
         chunks, self.arch = load_model(model_path, cfg.model)
+        self.device = next(chunks[0].parameters()).device
         for c in chunks:
             c.config.calculate_per_token_loss = True  # see the module docstring
         ddp_cfg = DistributedDataParallelConfig(
@@ -74,9 +77,8 @@ class MegatronActor:
         elif reference_path == model_path:
             self._ref_tensors = [p.detach().clone() for p in self._params()]
         else:
-            ref_chunks, _ = load_model(reference_path, cfg.model)
-            self._ref_tensors = [p.detach().clone() for c in ref_chunks for p in c.parameters()]
-            del ref_chunks
+            self._ref_tensors = [torch.empty_like(p) for p in self._params()]
+            self.load_reference(reference_path)
 
     # ---- parameters, reference, export -------------------------------------------------------------
     def _params(self) -> list[torch.nn.Parameter]:
@@ -94,6 +96,16 @@ class MegatronActor:
         finally:
             for p, d in zip(params, saved):
                 p.data = d
+
+    @torch.no_grad()
+    def load_reference(self, path: str) -> None:
+        from spro_mcore.models.loader import load_model
+
+        chunks, _ = load_model(path, self.cfg.model)
+        src = [p for c in chunks for p in c.parameters()]
+        dst = [p for c in self._ref_chunks for p in c.parameters()] if self._ref_chunks is not None else self._ref_tensors
+        for d, s in zip(dst, src, strict=True):
+            d.copy_(s)
 
     def export_weights(self, dtype: Optional[torch.dtype] = None) -> Iterator[tuple[str, torch.Tensor]]:
         """Full HF-named tensors of the current policy (collective: every rank must iterate)."""
@@ -132,7 +144,7 @@ class MegatronActor:
                 )
                 lps.append(lp)
                 ents.append(ent)
-        return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
+        return torch.cat(lps).cpu(), (torch.cat(ents).cpu() if with_entropy else None)
 
     # ---- the PPO update ---------------------------------------------------------------------------
     def update(self, batch: RolloutBatch, advantages: torch.Tensor, old_logprobs: torch.Tensor,
@@ -160,7 +172,7 @@ class MegatronActor:
             for rows in split_even(len(batch), self.cfg.trainer.mini_batches):
                 idx = torch.tensor(list(rows))
                 counts = self._global_counts(batch.response_mask[idx])
-                micro = _micro_batches(batch, fields, idx, mbs)
+                micro = _micro_batches(batch, fields, idx, mbs, self.device)
 
                 def loss_fn(mb, logprobs, entropy, counts=counts):
                     # this micro-batch's additive share of the mini-batch loss (global counts)
@@ -169,7 +181,7 @@ class MegatronActor:
                         global_num_tokens=counts[0], global_num_seqs=counts[1], ref_logprobs=mb["ref_logprobs"],
                         entropy=entropy, engine_logprobs=mb["engine_logprobs"] if a.tis else None, **loss_options,
                     )
-                    return loss, torch.tensor(1), metrics
+                    return loss, torch.tensor(1, device=logprobs.device), metrics
 
                 for m in self.model:
                     m.zero_grad_buffer()
@@ -204,32 +216,47 @@ class MegatronActor:
     def _global_counts(self, response_mask: torch.Tensor) -> tuple[float, float]:
         """(tokens, sequences with >= 1 token) of this mini-batch over all data-parallel ranks."""
         t = torch.tensor([response_mask.sum(), (response_mask.sum(1) > 0).sum()], dtype=torch.float64)
-        if _mpu().get_data_parallel_world_size() > 1:
-            dist.all_reduce(t, group=_mpu().get_data_parallel_group())
+        collectives.all_reduce(t, "sum", group="dp")
         return float(t[0]), float(t[1])
 
     def _grads_finite(self) -> bool:
-        local = all(torch.isfinite(p.main_grad).all() for p in self._params() if getattr(p, "main_grad", None) is not None)
-        flag = torch.tensor([0.0 if local else 1.0])
-        dist.all_reduce(flag)
-        return flag.item() == 0.0
+        local = all(bool(torch.isfinite(p.main_grad).all()) for p in self._params()
+                    if getattr(p, "main_grad", None) is not None)
+        return not collectives.any_rank(not local)
 
     def _sum_over_replicas(self, metrics: dict[str, float]) -> dict[str, float]:
         """Loss metrics are additive shares that exist on the last pipeline stage of each data-parallel
         replica: sum them over the replicas (once per replica, not per TP rank) onto every rank."""
-        if dist.get_world_size() == 1:
+        lay = self.layout
+        if lay.world_size == 1:
             return metrics
-        keys = [sorted(metrics)]
         # pp is the outermost dimension of megatron's rank order: the last global rank is a last stage
-        dist.broadcast_object_list(keys, src=dist.get_world_size() - 1)
-        contributes = _mpu().is_pipeline_last_stage() and _mpu().get_tensor_model_parallel_rank() == 0
-        vals = torch.tensor([metrics.get(k, 0.0) if contributes else 0.0 for k in keys[0]], dtype=torch.float64)
-        dist.all_reduce(vals)
-        return {k: float(v) for k, v in zip(keys[0], vals)}
+        keys = collectives.broadcast_object(sorted(metrics), src_group_rank=lay.world_size - 1)
+        contributes = lay.is_last_stage and lay.tp_rank == 0
+        vals = torch.tensor([metrics.get(k, 0.0) if contributes else 0.0 for k in keys], dtype=torch.float64)
+        collectives.all_reduce(vals, "sum")
+        return {k: float(v) for k, v in zip(keys, vals)}
 
     # ---- state for checkpoints --------------------------------------------------------------------
-    def chunks(self):
-        return [m.module for m in self.model]
+    def sharded_state_dict(self, *, is_loading: bool = False) -> dict:
+        return sharded_training_state(self.model, self.optimizer, self.scheduler, is_loading=is_loading)
+
+    def load_state_dict(self, state: dict) -> None:
+        load_training_state(self.model, self.optimizer, self.scheduler, state)
+
+    @property
+    def optimizer_steps(self) -> int:
+        return int(self.scheduler.num_steps)
+
+    def model_metadata(self) -> dict:
+        from spro_mcore.models.mcore_checkpoint import FORMAT
+
+        chunk, arch = self.model[0].module, self.arch
+        return {
+            "format": FORMAT, "version": 1, "architecture": (arch.config.get("architectures") or [arch.family])[0],
+            "model_type": arch.family, "dtype": str(chunk.config.params_dtype).replace("torch.", ""),
+            "padded_vocab_size": chunk.vocab_size, "vocab_size": arch.vocab_size, "hf_config": dict(arch.config),
+        }
 
 
 def _sum_shares(outputs: list[dict]) -> dict[str, float]:
@@ -241,9 +268,10 @@ def _sum_shares(outputs: list[dict]) -> dict[str, float]:
     return out
 
 
-def _micro_batches(batch: RolloutBatch, fields: dict[str, torch.Tensor], idx: torch.Tensor, mbs: int) -> list[dict]:
-    """Micro-batches of exactly `mbs` rows (pipeline p2p needs one shape); the last is padded with rows that
-    have no response tokens, which contribute nothing to the loss."""
+def _micro_batches(batch: RolloutBatch, fields: dict[str, torch.Tensor], idx: torch.Tensor, mbs: int,
+                   device: torch.device) -> list[dict]:
+    """Micro-batches of exactly `mbs` rows (pipeline p2p needs one shape) on the model's `device`; the last is
+    padded with rows that have no response tokens, which contribute nothing to the loss."""
     rows = idx.tolist()
     pad = (-len(rows)) % mbs
     out = []
@@ -261,5 +289,5 @@ def _micro_batches(batch: RolloutBatch, fields: dict[str, torch.Tensor], idx: to
         if n_real < mbs:
             mb["response_lens"][n_real:] = 0
             mb["response_mask"][n_real:] = 0
-        out.append(mb)
+        out.append({k: v.to(device) for k, v in mb.items()})
     return out
