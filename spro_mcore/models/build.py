@@ -130,12 +130,14 @@ def build_gpt_model(hf_config: str | Mapping[str, Any] | HFArch, model_cfg: Opti
         rope_scaling=rope.kind == "llama3", rope_scaling_factor=rope.factor if rope.kind == "llama3" else 8.0,
         seq_len_interpolation_factor=rope.factor if rope.kind == "linear" else None, vp_stage=vp_stage,
     )
-    # megatron's torch-norm fallback (local spec) makes its weights fp32 whatever params_dtype says. Megatron's
-    # own trainer casts the whole model (Float16Module); without that, the distributed optimizer, which maps
-    # its states by position, mixes up fp32 and bf16 parameters of one group in its checkpoint state.
+    # megatron's torch-norm fallback (local spec) makes its weights fp32 and on the CPU whatever params_dtype
+    # and the device say. Megatron's own trainer casts the whole model (Float16Module); without that, the
+    # distributed optimizer, which maps its states by position, mixes up fp32 and bf16 parameters of one
+    # group in its checkpoint state, and a model outside DDP's buffers (a separate reference) has CPU norms.
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     for p in model.parameters():
-        if p.dtype != config.params_dtype:
-            p.data = p.data.to(config.params_dtype)
+        if p.dtype != config.params_dtype or p.device != device:
+            p.data = p.data.to(device=device, dtype=config.params_dtype)
     if rope.kind == "llama3":  # the config's own low/high factors and original context
         model.rotary_pos_emb.inv_freq = llama3_inv_freq(rope, arch.head_dim).to(model.rotary_pos_emb.inv_freq.device)
     model.hf_arch = arch
