@@ -4,6 +4,7 @@ Per response token, ratio = exp(logprobs - old_logprobs):
   pg    = max(-A * ratio, -A * clip(ratio, 1 - eps_low, 1 + eps_high))
   pg    = min(pg, -A * c) where A < 0                      (dual clip, when dual_clip_c = c is set)
   pg   *= min(exp(old_logprobs - engine_logprobs), C)      (TIS, when engine_logprobs are given)
+  pg   *= MIS weights (masked IS, importance_sampling.py)  (instead of TIS, when mis_level is given)
   token = pg + kl_coef * KL_est(logprobs, ref) - entropy_coef * entropy
 and the loss is aggregate(token) with global counts (see aggregation.py): the returned loss is this
 micro-batch's additive share of the global-batch loss.
@@ -14,7 +15,7 @@ sum / global_num_tokens; loss/* use the same loss_agg as the loss. Values are de
   ppo/ratio_mean, ppo/clipfrac (clipped surrogate active), ppo/approx_kl (mean of old - new),
   loss/policy (the aggregated pg term), loss/kl (aggregated KL estimate, unscaled; when ref_logprobs given),
   entropy/mean (when entropy given), ppo/dual_clipfrac (when dual clip is on),
-  tis/weight_mean and tis/capped_frac (when engine_logprobs given)
+  tis/weight_mean and tis/capped_frac (TIS), mis/weight_mean and mis/kept_frac (MIS)
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 
 from spro_mcore.algo.aggregation import LOSS_AGG_MODES, aggregate, check_count
-from spro_mcore.algo.importance_sampling import truncated_is_weights
+from spro_mcore.algo.importance_sampling import masked_is_weights, truncated_is_weights
 from spro_mcore.algo.kl import kl_penalty
 from spro_mcore.algo.validation import (
     as_bool_mask,
@@ -56,11 +57,15 @@ def ppo_policy_loss(
     entropy_coef: float = 0.0,
     engine_logprobs: Tensor | None = None,
     tis_cap: float = 2.0,
+    mis_level: str | None = None,
+    mis_low: float = 0.5,
+    mis_high: float = 2.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Loss share (0-dim, differentiable through logprobs and entropy) and metric shares; all inputs [B, T].
 
     global_num_tokens is always needed (token metrics); global_num_seqs for the seq_* modes; norm_len for
-    seq_mean_token_sum_norm. TIS is on exactly when engine_logprobs is given.
+    seq_mean_token_sum_norm. A correction is on exactly when engine_logprobs is given: MIS at `mis_level`
+    ("token" | "sequence") when that is set, else TIS.
     """
     logprobs = check_token_matrix("logprobs", logprobs)
     shape = tuple(logprobs.shape)
@@ -84,6 +89,8 @@ def ppo_policy_loss(
     entropy_coef = check_real("entropy_coef", entropy_coef, minimum=0.0)
     if kl_coef > 0 and ref_logprobs is None:
         raise ValueError("kl_coef > 0 needs ref_logprobs")
+    if mis_level is not None and engine_logprobs is None:
+        raise ValueError("mis_level needs engine_logprobs")
     if entropy_coef > 0 and entropy is None:
         raise ValueError("entropy_coef > 0 needs the per-token entropy")
 
@@ -109,7 +116,13 @@ def ppo_policy_loss(
         dual = (adv < 0) & (pg > bound)
         pg = torch.where(adv < 0, torch.minimum(pg, bound), pg)
         metrics["ppo/dual_clipfrac"] = token_share(dual.to(logprobs.dtype))
-    if engine_logprobs is not None:
+    if engine_logprobs is not None and mis_level is not None:
+        weights, kept = masked_is_weights(old_logprobs, engine_logprobs, mask, level=mis_level, low=mis_low,
+                                          high=mis_high)
+        pg = pg * weights
+        metrics["mis/weight_mean"] = token_share(weights)
+        metrics["mis/kept_frac"] = token_share(kept.to(logprobs.dtype))
+    elif engine_logprobs is not None:
         weights = truncated_is_weights(torch.where(mask, old_logprobs, zero), torch.where(mask, engine_logprobs, zero),
                                        tis_cap)
         pg = pg * weights

@@ -150,6 +150,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.fp8 needs Transformer Engine: set model.transformer_impl=transformer_engine (or auto)")
     if cfg.parallel.sequence_parallel and cfg.parallel.tp == 1:
         raise ConfigError("parallel.sequence_parallel needs parallel.tp > 1")
+    a = cfg.algo
+    if a.tis and a.mis is not None:
+        raise ConfigError("algo.tis and algo.mis are two corrections of the same ratio: choose one")
+    if a.mis is not None and not a.mis_high > a.mis_low:
+        raise ConfigError(f"algo.mis_high = {a.mis_high} must be > algo.mis_low = {a.mis_low}")
+    if a.old_logprobs == "engine" and (a.tis or a.mis is not None):
+        raise ConfigError("algo.old_logprobs=engine makes the trainer/engine ratio 1 by construction: algo.tis and "
+                          "algo.mis need algo.old_logprobs=recompute (with engine log-probs the PPO ratio itself "
+                          "is against the engine)")
     if cfg.rollout.n < 2 and cfg.algo.estimator in ("spro", "grpo"):
         raise ConfigError(f"rollout.n = {cfg.rollout.n}: group-relative estimators need at least 2 samples per prompt")
 

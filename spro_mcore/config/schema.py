@@ -74,6 +74,10 @@ class AlgoConfig:
     entropy_coef: float = 0.0  # entropy bonus coefficient
     tis: bool = False  # truncated importance sampling against the engine's log-probs
     tis_cap: float = 2.0  # TIS cap C
+    mis: Optional[str] = None  # masked importance sampling vs the engine: None | token | sequence (not with tis)
+    mis_low: float = 0.5  # MIS: drop tokens/sequences whose trainer/engine ratio is below this
+    mis_high: float = 2.0  # MIS: ... or above this (IcePop: mis=token, mis_low=0.5, mis_high=5)
+    old_logprobs: str = "recompute"  # recompute: trainer's forward pass; engine: the engine's own (one pass fewer)
 
 
 @dataclass
@@ -168,6 +172,8 @@ CHOICES: dict[str, tuple] = {
     "algo.baseline": ("mean", "leave_one_out"),
     "algo.loss_agg": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"),
     "algo.kl_estimator": ("k1", "k2", "k3"),
+    "algo.mis": (None, "token", "sequence"),
+    "algo.old_logprobs": ("recompute", "engine"),
     "optim.lr_schedule": ("constant", "linear", "cosine"),
     "data.source": ("synthetic", "file"),
     "data.chat_template": ("auto", "never", "always"),
@@ -179,7 +185,7 @@ POSITIVE = (
     "parallel.tp", "parallel.pp", "parallel.cp", "parallel.ep", "rollout.n", "rollout.max_new_tokens",
     "rollout.temperature", "rollout.bucket_bytes", "data.prompts_per_step", "data.max_prompt_tokens",
     "trainer.total_steps", "trainer.mini_batches", "trainer.ppo_epochs", "trainer.micro_batch_tokens",
-    "model.logprob_chunk_tokens", "checkpoint.keep_last", "algo.tis_cap",
+    "model.logprob_chunk_tokens", "checkpoint.keep_last", "algo.tis_cap", "algo.mis_low",
 )
 NON_NEGATIVE = (
     "parallel.dp", "algo.beta", "algo.eps_low", "algo.eps_high", "algo.kl_coef", "algo.entropy_coef",

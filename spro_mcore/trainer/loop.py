@@ -58,7 +58,7 @@ class Trainer:
             batch = self._share_batch(batch)
 
             with timer("logprob"):
-                old_logprobs, entropy = self.policy.logprobs(batch, with_entropy=True)
+                old_logprobs, entropy = self._old_logprobs(batch)
                 ref_logprobs, _ = self.policy.logprobs(batch, reference=True)
 
             advantages, adv_metrics = compute_advantages(
@@ -104,6 +104,14 @@ class Trainer:
             group_offset=(self.step_no * self.layout.dp + self.layout.dp_rank) * len(prompts),
         )
 
+    def _old_logprobs(self, batch: RolloutBatch):
+        """pi_old of the batch's tokens: the trainer's recomputation (with the entropy), or, with
+        algo.old_logprobs=engine, the engine's own log-probs of its samples (one forward pass fewer; the PPO
+        ratio is then against the engine, and SPRO's process reward uses them too)."""
+        if self.cfg.algo.old_logprobs == "engine":
+            return batch.engine_logprobs * batch.response_mask, None
+        return self.policy.logprobs(batch, with_entropy=True)
+
     def _share_batch(self, batch: RolloutBatch | EngineError | None) -> RolloutBatch:
         """The owner of the engine built the batch (or met an engine failure); the other ranks of its
         model-parallel group receive it, and all of them raise the failure together."""
@@ -129,15 +137,19 @@ class Trainer:
     def _rollout_metrics(self, batch: RolloutBatch, old_logprobs, entropy) -> dict:
         mask = batch.response_mask.float()
         n = mask.sum().clamp(min=1)
-        return {
+        out = {
             "reward/mean": batch.rewards.mean(),
             "reward/std": batch.rewards.std() if len(batch) > 1 else torch.tensor(0.0),
             "response_length/mean": batch.response_lens.float().mean(),
             "response_length/max": batch.response_lens.max().float(),
-            "entropy/mean": (entropy * mask).sum() / n,
-            "rollout/engine_logprob_abs_diff_mean": ((old_logprobs - batch.engine_logprobs).abs() * mask).sum() / n,
-            "rollout/engine_logprob_abs_diff_max": ((old_logprobs - batch.engine_logprobs).abs() * mask).max(),
         }
+        if entropy is not None:  # else the update's entropy/mean stands (old_logprobs=engine: no old pass)
+            out["entropy/mean"] = (entropy * mask).sum() / n
+        if self.cfg.algo.old_logprobs == "recompute":  # engine: the gap is 0 by construction
+            gap = (old_logprobs - batch.engine_logprobs).abs() * mask
+            out["rollout/engine_logprob_abs_diff_mean"] = gap.sum() / n
+            out["rollout/engine_logprob_abs_diff_max"] = gap.max()
+        return out
 
     def _mean_over_replicas(self, metrics: dict) -> dict:
         """Average scalar metrics over data-parallel replicas (max for */max, sum for nothing else)."""

@@ -159,3 +159,31 @@ def test_bad_loss_options(overrides, message):
     kwargs = {**CLIP, "loss_agg": "token_mean", **overrides}
     with pytest.raises(ValueError, match=message):
         ppo_policy_loss(logprobs, old, adv, mask, **kwargs)
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_masked_importance_sampling_weights_the_policy_term(level):
+    logprobs, old, adv, mask = hand_case()
+    # token ratios old/engine: row 0 (3, 1), row 1 (1.2, 0.9, 1.0); bounds [0.5, 2]
+    engine = -torch.tensor([[math.log(3.0), 0.0, 0.0], [math.log(1.2), math.log(0.9), 0.0]], dtype=torch.float64)
+    loss, metrics = ppo_policy_loss(logprobs, old, adv, mask, loss_agg="token_mean", engine_logprobs=engine,
+                                    mis_level=level, mis_low=0.5, mis_high=2.0, **CLIP)
+    if level == "token":  # the 3.0 token is dropped, the rest weighed by their ratio
+        expected = (0 * -1.3 + 1.0 * 0.8 + 1.2 * -0.9 + 0.9 * 5.0 + 1.0 * -0.5) / 5
+        weight_mean, kept = (0 + 1 + 1.2 + 0.9 + 1) / 5, 4 / 5
+    else:  # row 0's product is 3 (dropped), row 1's 1.08 (kept)
+        expected = 1.08 * (-0.9 + 5.0 - 0.5) / 5
+        weight_mean, kept = 3 * 1.08 / 5, 3 / 5
+    assert math.isclose(loss.item(), expected, rel_tol=1e-12)
+    assert math.isclose(float(metrics["mis/weight_mean"]), weight_mean, rel_tol=1e-12)
+    assert math.isclose(float(metrics["mis/kept_frac"]), kept, rel_tol=1e-12)
+    assert "tis/weight_mean" not in metrics
+    loss.backward()
+    if level == "sequence":  # a dropped sequence gets no gradient at all
+        assert torch.equal(logprobs.grad[0], torch.zeros(3, dtype=torch.float64))
+
+
+def test_mis_needs_engine_logprobs():
+    logprobs, old, adv, mask = hand_case()
+    with pytest.raises(ValueError, match="mis_level needs engine_logprobs"):
+        ppo_policy_loss(logprobs, old, adv, mask, mis_level="token", **CLIP)

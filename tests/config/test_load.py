@@ -95,3 +95,16 @@ def test_cli_help_lists_subcommands():
     assert r.returncode == 0
     for cmd in ("train", "convert", "eval", "config"):
         assert cmd in r.stdout
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["algo.tis=true", "algo.mis=token"], "algo.tis and algo.mis are two corrections"),
+    (["algo.mis=sequence", "algo.mis_low=2.0", "algo.mis_high=1.5"], "algo.mis_high = 1.5 must be > algo.mis_low"),
+    (["algo.old_logprobs=engine", "algo.tis=true"], "algo.old_logprobs=engine makes the trainer/engine ratio 1"),
+    (["algo.old_logprobs=engine", "algo.mis=token"], "algo.old_logprobs=engine makes the trainer/engine ratio 1"),
+    (["algo.mis=both"], "config key 'algo.mis' = 'both' is not one of: null, token, sequence"),
+    (["algo.old_logprobs=rollout"], "config key 'algo.old_logprobs' = 'rollout' is not one of: recompute, engine"),
+])
+def test_mismatch_correction_options_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)

@@ -160,7 +160,7 @@ class MegatronPolicy(Policy):
         loss_options = dict(
             loss_agg=a.loss_agg, norm_len=float(self.cfg.rollout.max_new_tokens), eps_low=a.eps_low,
             eps_high=a.eps_high, dual_clip_c=a.dual_clip_c, kl_coef=a.kl_coef, kl_estimator=a.kl_estimator,
-            entropy_coef=a.entropy_coef, tis_cap=a.tis_cap,
+            entropy_coef=a.entropy_coef, tis_cap=a.tis_cap, mis_level=a.mis, mis_low=a.mis_low, mis_high=a.mis_high,
         )
         fields = dict(advantages=advantages, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
                       engine_logprobs=batch.engine_logprobs, response_mask=batch.response_mask.float())
@@ -179,7 +179,7 @@ class MegatronPolicy(Policy):
                     loss, metrics = ppo_policy_loss(
                         logprobs, mb["old_logprobs"], mb["advantages"], mb["response_mask"],
                         global_num_tokens=counts[0], global_num_seqs=counts[1], ref_logprobs=mb["ref_logprobs"],
-                        entropy=entropy, engine_logprobs=mb["engine_logprobs"] if a.tis else None, **loss_options,
+                        entropy=entropy, engine_logprobs=mb["engine_logprobs"] if (a.tis or a.mis) else None, **loss_options,
                     )
                     return loss, torch.tensor(1, device=logprobs.device), metrics
 
