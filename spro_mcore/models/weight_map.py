@@ -155,17 +155,24 @@ def hf_to_shard(kind: str, tensors: list[torch.Tensor], arch: HFArch, tp: int, r
 
 
 def shards_to_hf(kind: str, shards: list[torch.Tensor], arch: HFArch) -> list[torch.Tensor]:
-    """The full HF tensor(s) from all TP ranks' shards (in TP rank order); inverse of `hf_to_shard`."""
+    """The full HF tensor(s) from all TP ranks' shards (in TP rank order); inverse of `hf_to_shard`.
+
+    With one shard (TP=1) the results are views of it wherever the layout allows (all but q/k/v, which are
+    interleaved per query group): the weight sync then copies each byte once, into the engine. A caller that
+    keeps a result past the next update of the shard must copy it."""
+    one = len(shards) == 1
     if kind == "replicated":
         return [shards[0]]
     if kind == "vocab":
-        return [torch.cat(shards)[: arch.vocab_size]]
+        return [(shards[0] if one else torch.cat(shards))[: arch.vocab_size]]
     if kind == "row":
-        return [torch.cat(shards, dim=1)]
+        return [shards[0] if one else torch.cat(shards, dim=1)]
     if kind == "qkv":
-        return _unpack_qkv(torch.cat(shards), arch)
+        return _unpack_qkv(shards[0] if one else torch.cat(shards), arch)
     if kind == "glu":
         halves = [s.chunk(2, dim=0) for s in shards]
+        if one:
+            return list(halves[0])
         return [torch.cat([h[0] for h in halves]), torch.cat([h[1] for h in halves])]
     raise WeightMappingError(f"unknown kind {kind!r}")
 
