@@ -148,6 +148,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.source=file needs data.train_path (a .jsonl or .parquet file)")
     if cfg.model.fp8 is not None and cfg.model.transformer_impl == "local":
         raise ConfigError("model.fp8 needs Transformer Engine: set model.transformer_impl=transformer_engine (or auto)")
+    if cfg.trainer.packing and cfg.parallel.cp > 1:
+        raise ConfigError("trainer.packing does not support parallel.cp > 1 yet: set trainer.packing=false")
     if cfg.parallel.sequence_parallel and cfg.parallel.tp == 1:
         raise ConfigError("parallel.sequence_parallel needs parallel.tp > 1")
     a = cfg.algo

@@ -121,6 +121,7 @@ class TrainerConfig:
     mini_batches: int = 1  # optimizer steps per RL step (the batch is split into this many mini-batches)
     ppo_epochs: int = 1  # passes over the rollout batch
     micro_batch_tokens: int = 4096  # token budget of one micro-batch (log-prob and update)
+    packing: bool = True  # pack sequences (THD) into token-balanced micro-batches; false: padded rows
     eval_interval: int = 5  # evaluate every K steps (and at step 0 and the end); 0 = never
     eval_n: int = 4  # samples per eval prompt for pass@k
     eval_temperature: float = 1.0  # sampling temperature for pass@k (greedy accuracy is always measured)

@@ -2,7 +2,8 @@
 
 Llama / Qwen2 / Qwen3 dense: RMSNorm, SwiGLU, RoPE (theta; linear and llama3 scaling), GQA, QKV bias,
 QK-norm, tied or untied embeddings, vocabulary padded to a multiple of lcm(128, tp) (the same padded size
-for every power-of-2 TP, so dist checkpoints reshard). The local spec runs everywhere (CPU included); the
+for every power-of-2 TP, so dist checkpoints reshard). The local spec (core attention on SDPA,
+models/core_attention.py) runs everywhere (CPU included); the
 Transformer Engine spec and the FP8 fields are used when Transformer Engine imports.
 """
 
@@ -82,7 +83,17 @@ def layer_spec(arch: HFArch, transformer_impl: str):
 
     if transformer_impl == "transformer_engine":
         return specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.qk_norm)
-    return specs.get_gpt_layer_local_spec(qk_layernorm=arch.qk_norm, normalization="RMSNorm")
+    spec = specs.get_gpt_layer_local_spec(qk_layernorm=arch.qk_norm, normalization="RMSNorm")
+    # SDPA instead of megatron's DotProductAttention: faster on CPU, and it runs packed (THD) sequences
+    spec.submodules.self_attention.submodules.core_attention = local_core_attention()
+    return spec
+
+
+def local_core_attention():
+    """The local spec's core attention (a function so that benchmarks can swap in megatron's own)."""
+    from spro_mcore.models.core_attention import SDPACoreAttention
+
+    return SDPACoreAttention
 
 
 def llama3_inv_freq(rope: RopeSpec, head_dim: int) -> torch.Tensor:

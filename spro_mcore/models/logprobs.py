@@ -9,6 +9,10 @@ Batch layout (what the trainer passes; identical on every TP and PP rank of one 
   of response token j, i.e. of input_ids[i, p_i + j] given input_ids[i, :p_i + j], at temperature
   `temperature` (logits / temperature). Columns j >= r_i are 0 (`response_mask` is a prefix of ones).
 
+Packed micro-batches (THD, models/packing.py: rows laid end to end in one row, `cu_seqlens` boundaries) give
+the same [n, T] per-row outputs: `sequence_logprobs(..., packs=groups)` packs the given groups of rows, and
+`make_forward_step` runs any micro-batch dict that carries `cu_seqlens` with megatron's PackedSeqParams.
+
 Only the hidden states that predict response tokens go through the output layer, in chunks of
 `chunk_tokens` (models/logprob_kernel.py): the [tokens, vocab] logits never exist.
 
@@ -35,6 +39,7 @@ from typing import Callable, Optional
 import torch
 
 from spro_mcore.models.logprob_kernel import vocab_parallel_logprobs
+from spro_mcore.models.packing import pack_len_for, pack_micro_batches, packed_seq_params
 from spro_mcore.models.unwrap import as_list, unwrap
 from spro_mcore.parallel import collectives
 
@@ -52,26 +57,34 @@ def response_index(prompt_lens: torch.Tensor, response_lens: torch.Tensor, width
 
 def logprobs_from_hidden(model, hidden: torch.Tensor, input_ids: torch.Tensor, prompt_lens: torch.Tensor,
                          response_lens: torch.Tensor, *, temperature: float = 1.0, with_entropy: bool = False,
-                         chunk_tokens: int = DEFAULT_CHUNK_TOKENS, response_width: Optional[int] = None):
-    """[B, T] log-probs (and entropy) from the last stage's final hidden states [S, B, H] (S = L)."""
+                         chunk_tokens: int = DEFAULT_CHUNK_TOKENS, response_width: Optional[int] = None,
+                         seq_starts: Optional[torch.Tensor] = None):
+    """[B, T] log-probs (and entropy) from the last stage's final hidden states [S, B, H] (S = L).
+    Packed (`seq_starts` [n]: where each row's sequence starts in the pack): hidden [S, 1, H], input_ids
+    [1, S], and row i of the outputs is the sequence at seq_starts[i]."""
     from megatron.core import parallel_state as mpu
 
     m = unwrap(model)
     width = int(response_lens.max()) if response_width is None else int(response_width)
-    b = input_ids.shape[0]
+    b = prompt_lens.shape[0]
     if int(prompt_lens.min()) < 1:
         raise ValueError("every row needs a prompt of at least one token (prompt_lens >= 1)")
-    if int((prompt_lens + response_lens).max()) > input_ids.shape[1]:
+    ends = prompt_lens + response_lens + (0 if seq_starts is None else seq_starts.to(prompt_lens.device).long())
+    if int(ends.max()) > input_ids.shape[1]:
         raise ValueError("prompt_lens + response_lens exceeds the width of input_ids")
     rows, cols = response_index(prompt_lens.to(hidden.device), response_lens.to(hidden.device), width)
     pos = prompt_lens.to(hidden.device).long()[rows] + cols
+    if seq_starts is None:
+        seq_idx, batch_idx = pos, rows
+    else:
+        seq_idx, batch_idx = seq_starts.to(hidden.device).long()[rows] + pos, torch.zeros_like(rows)
     sp = m.config.sequence_parallel
     if sp:
         from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 
         hidden = gather_from_sequence_parallel_region(hidden)
-    h = hidden[pos - 1, rows]  # the hidden state before token t predicts token t
-    targets = input_ids.to(hidden.device)[rows, pos]
+    h = hidden[seq_idx - 1, batch_idx]  # the hidden state before token t predicts token t
+    targets = input_ids.to(hidden.device)[batch_idx, seq_idx]
     tp_group = mpu.get_tensor_model_parallel_group() if mpu.get_tensor_model_parallel_world_size() > 1 else None
     lp, ent = vocab_parallel_logprobs(
         h, m.output_weight(), targets, vocab_size=m.hf_arch.vocab_size, temperature=temperature,
@@ -93,17 +106,23 @@ def make_forward_step(loss_fn: Callable, *, temperature: float = 1.0, with_entro
     """forward_step_func(data_iterator, model) for megatron's forward_backward_func (see module docstring)."""
 
     def loss_func(model, batch, hidden):
+        packed = "cu_seqlens" in batch
         lp, ent = logprobs_from_hidden(
             model, hidden, batch["input_ids"], batch["prompt_lens"], batch["response_lens"],
             temperature=temperature, with_entropy=with_entropy, chunk_tokens=chunk_tokens,
-            response_width=response_width)
+            response_width=response_width,
+            seq_starts=batch["seq_starts"] if packed else None)
         return loss_fn(batch, lp, ent)
 
     def forward_step(data_iterator, model):
         batch = next(data_iterator)
         device = next(unwrap(model).parameters()).device
-        ids, pos = _model_inputs(batch["input_ids"], device)
-        out = model(ids, pos, None, output_hidden=True)
+        if "cu_seqlens" in batch:  # packed (THD): attention within segments, positions restart per segment
+            out = model(batch["input_ids"].to(device), batch["position_ids"].to(device), None,
+                        packed_seq_params=packed_seq_params(batch["cu_seqlens"], device), output_hidden=True)
+        else:
+            ids, pos = _model_inputs(batch["input_ids"], device)
+            out = model(ids, pos, None, output_hidden=True)
         return out, partial(loss_func, model, batch)
 
     return forward_step
@@ -122,12 +141,32 @@ def _micro_batches(input_ids, prompt_lens, response_lens, mbs: int):
             zip(input_ids.split(mbs), prompt_lens.split(mbs), response_lens.split(mbs))]
 
 
+def build_packs(models, input_ids: torch.Tensor, prompt_lens: torch.Tensor, response_lens: torch.Tensor,
+                groups: list[list[int]], fields: Optional[dict[str, torch.Tensor]] = None) -> tuple[list[dict], int]:
+    """(packed micro-batches of `groups`, their common length): the one place both the log-prob passes and
+    the update pack, so their shapes match (the first update's PPO ratio stays exactly 1). With sequence
+    parallelism the length is a multiple of the TP size (the sequence is split over TP ranks)."""
+    from megatron.core import parallel_state as mpu
+
+    sp = unwrap(as_list(models)[0]).config.sequence_parallel
+    multiple = mpu.get_tensor_model_parallel_world_size() if sp else 1
+    covered = sorted(i for g in groups for i in g)
+    if covered != list(range(input_ids.shape[0])):
+        raise ValueError("packs must hold every row of the batch exactly once")
+    pack_len = pack_len_for(prompt_lens + response_lens, groups, multiple)
+    return pack_micro_batches(input_ids, prompt_lens, response_lens, groups, pack_len=pack_len,
+                              fields=fields), pack_len
+
+
 @torch.no_grad()
 def sequence_logprobs(models, input_ids: torch.Tensor, prompt_lens: torch.Tensor, response_lens: torch.Tensor, *,
                       temperature: float = 1.0, with_entropy: bool = False, micro_batch_size: Optional[int] = None,
                       chunk_tokens: int = DEFAULT_CHUNK_TOKENS, response_width: Optional[int] = None,
+                      packs: Optional[list[list[int]]] = None,
                       ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Forward-only (logprobs [B, T], entropy [B, T] | None) on every rank; collective over TP and PP."""
+    """Forward-only (logprobs [B, T], entropy [B, T] | None) on every rank; collective over TP and PP.
+    Padded micro-batches of `micro_batch_size` rows, or, with `packs` (groups of row numbers covering the
+    batch), one packed micro-batch per group."""
     from megatron.core import parallel_state as mpu
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -135,8 +174,12 @@ def sequence_logprobs(models, input_ids: torch.Tensor, prompt_lens: torch.Tensor
     b, seq = input_ids.shape
     prompt_lens, response_lens = torch.as_tensor(prompt_lens).long(), torch.as_tensor(response_lens).long()
     width = int(response_lens.max()) if response_width is None else int(response_width)
-    mbs = micro_batch_size or b
-    micro = _micro_batches(input_ids, prompt_lens, response_lens, mbs)
+    if packs is not None:
+        micro, seq = build_packs(chunks, input_ids, prompt_lens, response_lens, packs)
+        mbs = 1
+    else:
+        mbs = micro_batch_size or b
+        micro = _micro_batches(input_ids, prompt_lens, response_lens, mbs)
     was_training = [unwrap(c).training for c in chunks]
     for c in chunks:
         c.eval()
@@ -157,6 +200,10 @@ def sequence_logprobs(models, input_ids: torch.Tensor, prompt_lens: torch.Tensor
     if mpu.is_pipeline_last_stage():
         lp = torch.cat([o["logprobs"] for o in outputs])[:b]
         ent = torch.cat([o["entropy"] for o in outputs])[:b] if with_entropy else None
+        if packs is not None:  # back to batch row order
+            order = torch.cat([mb["rows"] for mb in micro]).to(lp.device)
+            lp = lp.new_zeros(lp.shape).index_copy(0, order, lp)
+            ent = ent.new_zeros(ent.shape).index_copy(0, order, ent) if with_entropy else None
     else:
         lp = torch.empty(b, width, dtype=torch.float32, device=device)
         ent = torch.empty_like(lp) if with_entropy else None

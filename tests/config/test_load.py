@@ -52,6 +52,9 @@ def test_cross_field_checks():
         load_config(None, ["rollout.engine=vllm", "rollout.mode=server"])
     with pytest.raises(ConfigError, match="Transformer Engine"):
         load_config(None, ["model.fp8=e4m3", "model.transformer_impl=local"])
+    with pytest.raises(ConfigError, match="trainer.packing=false"):
+        load_config(None, ["parallel.cp=2"])  # packing is on by default and has no context-parallel path
+    assert load_config(None, ["parallel.cp=2", "trainer.packing=false"]).parallel.cp == 2
 
 
 def test_world_size_consistency():

@@ -8,7 +8,9 @@ fp32 logits [T, V] + log_softmax (+ entropy from softmax): what the kernel repla
 peak <= 10% of naive.
 
 Part 2 (model): a tiny Qwen2 HF checkpoint; log-probs of every token of a [B, L] batch via HF transformers
-(sdpa, log_softmax of the full logits) and via Megatron (`sequence_logprobs`, one process), best of N.
+(sdpa, log_softmax of the full logits) and via Megatron (`sequence_logprobs`, one process), best of N,
+forward and forward+backward; Megatron's local spec with megatron-core's DotProductAttention (before) and
+with `models/core_attention.py` (after, the default).
 
 All figures are ratios measured side by side in this run; absolute numbers on shared machines are not
 comparable across runs.
@@ -65,35 +67,62 @@ def _kernel_worker(variant: str, tokens: int, vocab: int, hidden: int, chunk: in
     return {"extra_peak": max(peak, peak_before) - base, "seconds": elapsed, "checksum": float(lp.sum())}
 
 
-def _model_worker(hf_dir: str, batch: int, length: int, repeats: int) -> dict:
+def _model_worker(hf_dir: str, batch: int, length: int, repeats: int, train: bool) -> dict:
+    """Tokens/s of HF (sdpa) and of Megatron with megatron-core's DotProductAttention ("before") and with
+    models/core_attention.py ("after"), interleaved, best of N; forward (no grad) or forward+backward."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
     from transformers import AutoModelForCausalLM
 
-    from spro_mcore.models import load_model, sequence_logprobs
+    import spro_mcore.models.build as build
+    from spro_mcore.models import load_model, make_forward_step, sequence_logprobs
     from spro_mcore.parallel import initialize_model_parallel
 
     ids = torch.randint(0, 500, (batch, length), generator=torch.Generator().manual_seed(0))
-    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="sdpa")
+    hf.train(train)
     initialize_model_parallel(1, 1)
-    chunks, _ = load_model(hf_dir)
+    after, _ = load_model(hf_dir)
+    build.local_core_attention = lambda: DotProductAttention  # megatron-core's own: the "before"
+    before, _ = load_model(hf_dir)
     ones, resp = torch.ones(batch, dtype=torch.long), torch.full((batch,), length - 1)
 
     def run_hf():
-        with torch.no_grad():
+        with torch.set_grad_enabled(train):
             logits = hf(ids).logits.float()
-            return torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+            lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        if train:
+            lp.sum().backward()
+        return lp.detach()
 
-    def run_mcore():
-        return sequence_logprobs(chunks, ids, ones, resp)[0]
+    def run_mcore(chunks):
+        if not train:
+            return sequence_logprobs(chunks, ids, ones, resp)[0]
+        got = []
 
-    diff = (run_hf() - run_mcore()).abs().max().item()
-    times = {"hf": [], "megatron": []}
+        def loss_fn(mb, lp, ent):
+            got.append(lp.detach())
+            return lp.sum(), {}
+
+        get_forward_backward_func()(
+            forward_step_func=make_forward_step(loss_fn), data_iterator=iter([dict(
+                input_ids=ids, prompt_lens=ones, response_lens=resp)]),
+            model=chunks, num_microbatches=1, seq_length=length, micro_batch_size=batch, forward_only=False)
+        return got[0]
+
+    ref = run_hf()
+    diff = {n: (ref - run_mcore(c)).abs().max().item() for n, c in (("before", before), ("after", after))}
+    runs = (("hf", run_hf), ("before", lambda: run_mcore(before)), ("after", lambda: run_mcore(after)))
+    times = {name: [] for name, _ in runs}
     for _ in range(repeats):  # interleaved, best of N
-        for name, fn in (("hf", run_hf), ("megatron", run_mcore)):
+        for name, fn in runs:
+            for m in (hf, *before, *after):
+                m.zero_grad(set_to_none=True)
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
     tok = batch * (length - 1)
-    return {"hf_tok_s": tok / min(times["hf"]), "mcore_tok_s": tok / min(times["megatron"]), "max_abs_diff": diff}
+    return {**{f"{n}_tok_s": tok / min(t) for n, t in times.items()}, **{f"{n}_diff": d for n, d in diff.items()}}
 
 
 def _spawn(kind: str, **kwargs) -> dict:
@@ -126,14 +155,18 @@ def bench_model(batch: int, length: int, repeats: int) -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     from tests.models.tiny_hf import make_tiny
 
+    print(f"\n[model] tiny Qwen2 (4 layers, hidden 256, vocab 512), B={batch} x L={length}, fp32, 1 process; "
+          f"Megatron local spec with megatron-core's DotProductAttention (before) and SDPACoreAttention (after)")
     with tempfile.TemporaryDirectory() as d:
         make_tiny(d, "qwen2", vocab=512, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                   num_attention_heads=4, num_key_value_heads=2)
-        r = _spawn("model", hf_dir=d, batch=batch, length=length, repeats=repeats)
-    print(f"\n[model] tiny Qwen2 (4 layers, hidden 256, vocab 512), B={batch} x L={length}, fp32, 1 process")
-    print(f"  HF transformers (sdpa) {r['hf_tok_s']:9.0f} tok/s")
-    print(f"  Megatron local spec    {r['mcore_tok_s']:9.0f} tok/s   ratio megatron/HF "
-          f"{r['mcore_tok_s'] / r['hf_tok_s']:5.2f}   max |diff| {r['max_abs_diff']:.1e}")
+        for train in (False, True):
+            r = _spawn("model", hf_dir=d, batch=batch, length=length, repeats=repeats, train=train)
+            print(f"  {'forward+backward' if train else 'forward (no grad)'}: HF transformers (sdpa) "
+                  f"{r['hf_tok_s']:8.0f} tok/s")
+            for n in ("before", "after"):
+                print(f"    Megatron {n:6s} {r[f'{n}_tok_s']:8.0f} tok/s   ratio megatron/HF "
+                      f"{r[f'{n}_tok_s'] / r['hf_tok_s']:5.2f}   max |log-prob diff| {r[f'{n}_diff']:.1e}")
 
 
 def main() -> None:

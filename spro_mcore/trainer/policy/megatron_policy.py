@@ -27,7 +27,7 @@ import torch
 from spro_mcore.config.schema import Config
 from spro_mcore.parallel import collectives
 from spro_mcore.parallel.distributed import Layout
-from spro_mcore.trainer.micro_batches import split_even
+from spro_mcore.trainer.micro_batches import split_even, token_balanced_micro_batches
 from spro_mcore.trainer.policy.interface import Policy
 from spro_mcore.trainer.policy.megatron_state import load_training_state, sharded_training_state
 from spro_mcore.trainer.rollout_batch import RolloutBatch
@@ -123,6 +123,26 @@ class MegatronPolicy(Policy):
     def micro_batch_size(self, batch: RolloutBatch) -> int:
         return max(1, self.cfg.trainer.micro_batch_tokens // batch.input_ids.shape[1])
 
+    def packs(self, batch: RolloutBatch, idx: torch.Tensor) -> Optional[list[list[int]]]:
+        """With trainer.packing: the mini-batch `idx`'s rows (positions in idx) grouped into token-balanced
+        packs of <= micro_batch_tokens real tokens; None for padded micro-batches. The log-prob passes and
+        the update use the same groups."""
+        if not self.cfg.trainer.packing:
+            return None
+        return token_balanced_micro_batches(batch.total_lens[idx].tolist(), self.cfg.trainer.micro_batch_tokens)
+
+    def _update_micro_batches(self, batch: RolloutBatch, fields: dict, idx: torch.Tensor):
+        """(micro-batches, seq_length, micro_batch_size) of one mini-batch for the update."""
+        from spro_mcore.models.logprobs import build_packs
+
+        packs = self.packs(batch, idx)
+        if packs is None:
+            mbs = self.micro_batch_size(batch)
+            return _micro_batches(batch, fields, idx, mbs, self.device), batch.input_ids.shape[1], mbs
+        micro, pack_len = build_packs(self.model, batch.input_ids[idx], batch.prompt_lens[idx],
+                                      batch.response_lens[idx], packs, {k: v[idx] for k, v in fields.items()})
+        return [_to_device(mb, self.device) for mb in micro], pack_len, 1
+
     @torch.no_grad()
     def logprobs(self, batch: RolloutBatch, *, reference: bool = False, with_entropy: bool = False):
         """[B, T] log-probs (and entropy) of the responses under the policy or the reference, computed per
@@ -140,7 +160,7 @@ class MegatronPolicy(Policy):
                     models, batch.input_ids[idx], batch.prompt_lens[idx], batch.response_lens[idx],
                     temperature=self.cfg.rollout.temperature, with_entropy=with_entropy,
                     micro_batch_size=self.micro_batch_size(batch), chunk_tokens=self.cfg.model.logprob_chunk_tokens,
-                    response_width=T,
+                    response_width=T, packs=self.packs(batch, idx),
                 )
                 lps.append(lp)
                 ents.append(ent)
@@ -164,15 +184,13 @@ class MegatronPolicy(Policy):
         )
         fields = dict(advantages=advantages, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
                       engine_logprobs=batch.engine_logprobs, response_mask=batch.response_mask.float())
-        mbs = self.micro_batch_size(batch)
-        seq = batch.input_ids.shape[1]
         step_metrics: list[dict] = []
         grad_norms, skipped = [], 0
         for _ in range(self.cfg.trainer.ppo_epochs):
             for rows in split_even(len(batch), self.cfg.trainer.mini_batches):
                 idx = torch.tensor(list(rows))
                 counts = self._global_counts(batch.response_mask[idx])
-                micro = _micro_batches(batch, fields, idx, mbs, self.device)
+                micro, seq, mbs = self._update_micro_batches(batch, fields, idx)
 
                 def loss_fn(mb, logprobs, entropy, counts=counts):
                     # this micro-batch's additive share of the mini-batch loss (global counts)
@@ -266,6 +284,11 @@ def _sum_shares(outputs: list[dict]) -> dict[str, float]:
         for k, v in m.items():
             out[k] = out.get(k, 0.0) + float(v)
     return out
+
+
+def _to_device(mb: dict, device: torch.device) -> dict:
+    """A micro-batch's tensors on the model's device (other values, e.g. packing metadata, as they are)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in mb.items()}
 
 
 def _micro_batches(batch: RolloutBatch, fields: dict[str, torch.Tensor], idx: torch.Tensor, mbs: int,
