@@ -4,9 +4,9 @@ no vLLM): a Qwen2.5-0.5B-shaped model (24 layers, hidden 896, vocab 151,936) wit
 1. Log-prob pass at T tokens (one sequence, T >= 8192): the chunked vocab-parallel kernel (what the trainer
    runs) against full logits + log_softmax (what it replaces): tokens/s and peak memory above the weights.
 2. The update (`MegatronPolicy.update`: forward + backward + distributed optimizer step) on a length-skewed
-   batch of responses (many short, a long tail), padded as the trainer runs it today: tokens/s of real
-   tokens, the padded-token fraction, peak memory, and model FLOPs utilisation against the GPU's dense bf16
-   peak (`--peak-tflops`, 989 for an H100 SXM).
+   batch of responses (many short, a long tail), padded and packed (`trainer.packing`, token-balanced
+   micro-batches): tokens/s of real tokens, the padded-token fraction, peak memory, and model FLOPs
+   utilisation against the GPU's dense bf16 peak (`--peak-tflops`, 989 for an H100 SXM).
 
 Ratios are measured side by side in this run. Run by tools/gpu_check.sh; by hand:
 
@@ -107,7 +107,8 @@ def _skewed_lengths(n: int, longest: int, seed: int = 0) -> list[int]:
     return lens.tolist()
 
 
-def bench_update(hf_dir: str, batch: int, longest: int, repeats: int, peak_tflops: float, layers: int) -> dict:
+def bench_update(hf_dir: str, batch: int, longest: int, repeats: int, peak_tflops: float, layers: int,
+                 packing: bool) -> dict:
     from spro_mcore.config.schema import Config
     from spro_mcore.parallel.distributed import layout
     from spro_mcore.rollout.engine import Sample
@@ -116,7 +117,7 @@ def bench_update(hf_dir: str, batch: int, longest: int, repeats: int, peak_tflop
 
     cfg = Config()
     cfg.model.dtype, cfg.model.transformer_impl, cfg.model.logprob_chunk_tokens = "bfloat16", "local", 4096
-    cfg.trainer.micro_batch_tokens = 8192  # local-spec attention keeps [b, heads, s, s] scores per layer
+    cfg.trainer.micro_batch_tokens, cfg.trainer.packing = 8192, packing
     cfg.optim.lr = 1e-6
     policy = MegatronPolicy(cfg, layout(), hf_dir, hf_dir, total_updates=repeats + 2)
     prompt = 128
@@ -132,7 +133,13 @@ def bench_update(hf_dir: str, batch: int, longest: int, repeats: int, peak_tflop
     secs, metrics = _timed(run, repeats)
 
     real = sum(lens) + prompt * batch
-    padded = batch * b.input_ids.shape[1]
+    if packing:  # every pack is padded to the longest pack of its mini-batch
+        from spro_mcore.models.packing import pack_len_for
+
+        packs = policy.packs(b, torch.arange(batch))
+        padded = len(packs) * pack_len_for(b.total_lens, packs)
+    else:
+        padded = batch * b.input_ids.shape[1]
     h, v = QWEN05["hidden_size"], QWEN05["vocab_size"]
     per_layer = (2 * h * h + 2 * h * (h // QWEN05["num_attention_heads"]) * QWEN05["num_key_value_heads"]
                  + 3 * h * QWEN05["intermediate_size"])
@@ -177,7 +184,10 @@ def main() -> None:
         out["logprobs"] = bench_logprobs(chunks, hf_dir, a.tokens, [int(c) for c in a.chunks.split(",")], a.repeats)
         del chunks
         torch.cuda.empty_cache()
-        out["update"] = bench_update(hf_dir, a.batch, a.longest, a.repeats, a.peak_tflops, a.layers)
+        for packing in (False, True):
+            out["update_packed" if packing else "update"] = bench_update(
+                hf_dir, a.batch, a.longest, a.repeats, a.peak_tflops, a.layers, packing)
+            torch.cuda.empty_cache()
 
     print(f"\n[gpu] {out['device']}, torch {out['torch']}, Qwen2.5-0.5B shape ({a.layers} layers), bf16, "
           f"megatron-core local spec; weights {out['weights_gib']:.2f} GiB")
@@ -190,8 +200,13 @@ def main() -> None:
         print(f"    {name:16s} {r['tok_s']:10.0f} tok/s   peak above weights {r['peak_gib']:6.2f} GiB{extra}")
     u = out["update"]
     print(f"  update (fwd+bwd+optimizer), {u['batch']} responses, mean {u['mean_len']:.0f} / max {u['longest']} "
-          f"tokens, padded: {u['tok_s_real']:.0f} real tok/s, padded-token fraction {u['padded_fraction']:.2f}, "
-          f"peak {u['peak_gib']:.2f} GiB, MFU {100 * u['mfu']:.1f}% of {a.peak_tflops:.0f} TFLOP/s")
+          f"tokens, micro-batches of 8192 tokens:")
+    for name in ("update", "update_packed"):
+        u = out[name]
+        extra = "" if name == "update" else f"   {u['tok_s_real'] / out['update']['tok_s_real']:.2f}x padded"
+        print(f"    {'packed' if name.endswith('packed') else 'padded':7s} {u['tok_s_real']:8.0f} real tok/s, "
+              f"padded-token fraction {u['padded_fraction']:.2f}, peak {u['peak_gib']:.2f} GiB, "
+              f"MFU {100 * u['mfu']:.1f}% of {a.peak_tflops:.0f} TFLOP/s{extra}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=2)
