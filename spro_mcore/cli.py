@@ -73,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from spro_mcore import quiet
     from spro_mcore.errors import bad_input_errors
+
+    quiet.install()  # before anything imports megatron-core; train/eval redo it with logging.level
 
     try:
         return int(args.fn(args) or 0)
