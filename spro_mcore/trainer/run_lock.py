@@ -33,8 +33,12 @@ class RunLock:
             os.close(fd)
             raise RunLockedError(f"trainer.output_dir={self.path.parent} is in use by another trainer ({holder}); "
                                  "wait for it to finish, stop it, or choose another trainer.output_dir") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        except OSError as e:  # e.g. a full disk: name the file
+            os.close(fd)
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
         self._fd = fd
         return self
 
