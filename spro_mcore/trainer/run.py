@@ -64,7 +64,7 @@ def _banner(cfg, layout, parts) -> str:
     r = cfg.rollout
     start = f"resuming at step {parts.start_step}" if parts.start_step else "from step 0"
     log.info(quiet.megatron_impl_line())
-    return (f"spro-mcore train: model {cfg.model.path} ({cfg.model.dtype}) | layout world {layout.world_size} = "
+    return (f"train: model {cfg.model.path} ({cfg.model.dtype}) | layout world {layout.world_size} = "
             f"tp {layout.tp} x pp {layout.pp} x cp {layout.cp} x dp {layout.dp} | engine {r.engine}/{r.mode} | "
             f"estimator {cfg.algo.estimator} | {cfg.trainer.total_steps} steps {start} | output {cfg.trainer.output_dir}")
 
