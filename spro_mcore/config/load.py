@@ -14,7 +14,7 @@ from typing import Any, Iterable, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from spro_mcore.config.ranges import check_ranges, check_samples_per_step
+from spro_mcore.config.ranges import RangeError, check_ranges, check_samples_per_step
 from spro_mcore.config.schema import CHOICES, NON_NEGATIVE, POSITIVE, Config
 from spro_mcore.errors import UserError
 
@@ -175,7 +175,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("parallel.sequence_parallel needs parallel.tp > 1")
     if cfg.rollout.n < 2 and cfg.algo.estimator in ("spro", "grpo"):
         raise ConfigError(f"rollout.n = {cfg.rollout.n}: group-relative estimators need at least 2 samples per prompt")
-    check_ranges(cfg)
+    try:
+        check_ranges(cfg)
+    except RangeError as e:
+        raise ConfigError(str(e)) from None
 
 
 def validate_world_size(cfg: Config, world_size: int) -> int:
@@ -193,7 +196,10 @@ def validate_world_size(cfg: Config, world_size: int) -> int:
             f"parallel.tp x parallel.pp x parallel.cp x parallel.dp = {p.tp} x {p.pp} x {p.cp} x {p.dp} = "
             f"{model_parallel * p.dp} does not match the world size {world_size} (set parallel.dp={dp} or 0)"
         )
-    check_samples_per_step(cfg, dp)
+    try:
+        check_samples_per_step(cfg, dp)
+    except RangeError as e:
+        raise ConfigError(str(e)) from None
     return dp
 
 

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,16 +111,20 @@ class MetricsLogger:
             return
         rows, torn = read_metric_rows(self.path)
         # a fresh start (step 0) keeps no row: its step-0 evaluation is logged again
-        kept = [r for r in rows if 0 < r.get("step", 0) <= step] if step else []
+        kept = [r for r in rows if r.get("step", 0) <= step] if step else []
         if len(kept) == len(rows) and not torn:
             return
-        aside = self.path.with_name(f"{self.path.name}.abandoned-{time.time_ns()}")
-        os.replace(self.path, aside)
-        log.warning("kept %s aside as %s (%d rows after step %d%s): this run continues from step %d", self.path,
-                    aside.name, len(rows) - len(kept), step, ", a torn last line" if torn else "", step)
+        # in an order that a kill at any point leaves metrics.jsonl whole (the old or the new one)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        aside = self.path.with_name(f"{self.path.name}.abandoned-{time.time_ns()}")
+        try:
+            os.link(self.path, aside)
+        except OSError:  # a file system without hard links
+            shutil.copy2(self.path, aside)
         os.replace(tmp, self.path)
+        log.warning("kept %s aside as %s (%d rows after step %d%s): this run continues from step %d", self.path,
+                    aside.name, len(rows) - len(kept), step, ", a torn last line" if torn else "", step)
 
     def log(self, step: int, metrics: dict) -> dict:
         row = {"step": step}

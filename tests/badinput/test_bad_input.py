@@ -140,6 +140,15 @@ def read_only(tmp: Path, stack) -> list[str]:
     return train(f"trainer.output_dir={mnt}/out")(tmp, stack)
 
 
+def no_permission(tmp: Path, stack) -> list[str]:
+    if os.geteuid() == 0:
+        pytest.skip("root may write anywhere (the read-only case covers this as root)")
+    (tmp / "locked").mkdir()
+    os.chmod(tmp / "locked", 0o555)
+    stack.callback(os.chmod, tmp / "locked", 0o755)
+    return train(f"trainer.output_dir={tmp}/locked/out")(tmp, stack)
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -311,6 +320,7 @@ CASES = [
          r"trainer\.output_dir={tmp}/f/run: {tmp}/f is a file"),
     Case("checkpoint-dir-is-a-file", with_files({"f": "x"}, train("checkpoint.dir={tmp}/f")), r"checkpoint\.dir={tmp}/f is a file"),
     Case("output-dir-read-only", read_only, r"trainer\.output_dir={tmp}/mnt/out: no permission to write in {tmp}/mnt"),
+    Case("output-dir-no-permission", no_permission, r"trainer\.output_dir={tmp}/locked/out: no permission to write in {tmp}/locked"),
     Case("output-disk-full", full_disk, r"no space left on device.*{tmp}/mnt/out"),
     Case("resume-missing", train("checkpoint.resume={tmp}/run/checkpoints/step_9"), r"checkpoint\.resume=.*step_9: no such checkpoint"),
     Case("resume-broken-symlink", lambda t, s: (os.symlink(t / "gone", t / "link"), train("checkpoint.resume={tmp}/link")(t, s))[1],
