@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from typing import Callable
+from urllib.parse import urlsplit
 
 from spro_mcore.config.schema import Config
 from spro_mcore.errors import UserError
@@ -69,6 +70,10 @@ def check_ranges(cfg: Config) -> None:
     if cfg.algo.eps_low >= 1:
         raise RangeError(f"config key 'algo.eps_low' = {cfg.algo.eps_low} must be < 1 (the clip range is "
                          "[1 - eps_low, 1 + eps_high])")
+    for url in cfg.rollout.server_urls:
+        parts = urlsplit(str(url))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise RangeError(f"rollout.server_urls: {url!r} is not an http(s) URL (e.g. http://127.0.0.1:8000)")
     check_samples_per_step(cfg, cfg.parallel.dp or 1)
 
 

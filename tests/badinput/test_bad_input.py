@@ -195,6 +195,19 @@ def export_args(*args: str):
     return setup
 
 
+def export_args_convert(*args: str):
+    def setup(tmp: Path, stack) -> list[str]:
+        earlier_run(tmp)
+        return ["convert", *[a.replace("{tmp}", str(tmp)) for a in args]]
+    return setup
+
+
+def mcore_meta(p: Path) -> None:
+    """The metadata file of a Megatron checkpoint of the tiny model (enough to get past its checks)."""
+    p.write_text(json.dumps({"format": "spro-mcore/megatron-dist-checkpoint", "dtype": "float32",
+                             "hf_config": json.loads((TINY / "config.json").read_text())}))
+
+
 YAML = "r.yaml"
 BAD_CFG_JSON = '{"architectures": ["Qwen2ForCausalLM"],\n "hidden_size": 64,\n "vocab_size": \n}'
 
@@ -251,6 +264,8 @@ CASES = [
          r"trainer\.mini_batches = 100 is more than the 8 samples of a step"),
     # cross-field
     Case("server-mode-without-urls", train("rollout.engine=vllm", "rollout.mode=server"), r"rollout\.server_urls"),
+    Case("server-url-without-scheme", train("rollout.engine=vllm", "rollout.mode=server", "rollout.server_urls=[127.0.0.1:8000]"),
+         r"rollout\.server_urls: '127\.0\.0\.1:8000' is not an http\(s\) URL"),
     Case("hf-engine-as-server", train("rollout.mode=server", "rollout.server_urls=[http://x:1]"),
          r"rollout\.engine=hf runs in the trainer process"),
     Case("sglang-colocated", train("rollout.engine=sglang"), r"rollout\.engine=sglang"),
@@ -335,6 +350,19 @@ CASES = [
          f"data.train_path={t}/e.jsonl"]), r"{tmp}/e\.jsonl:1: not valid JSON"),
     Case("export-missing-checkpoint", export_args("{tmp}/nope", "{tmp}/out"), r"checkpoint {tmp}/nope does not exist"),
     Case("export-folder-without-checkpoints", export_args("{tmp}/run", "{tmp}/out"), r"{tmp}/run holds no complete checkpoint"),
+    Case("convert-hf-dir-missing", export_args_convert("hf-to-mcore", "--hf-dir", "{tmp}/nope", "--out-dir", "{tmp}/mc"),
+         r"no HF config\.json at '{tmp}/nope'"),
+    Case("convert-hf-dir-corrupt-config", with_files({"m": model_copy(config=BAD_CFG_JSON)}, export_args_convert(
+        "hf-to-mcore", "--hf-dir", "{tmp}/m", "--out-dir", "{tmp}/mc")), r"{tmp}/m/config\.json is not valid JSON"),
+    Case("convert-into-existing-model", with_files({"m": model_copy()}, export_args_convert(
+        "hf-to-mcore", "--hf-dir", "{tmp}/m", "--out-dir", "{tmp}/run")), r"--out-dir '{tmp}/run' is not empty"),
+    Case("convert-mcore-dir-missing", export_args_convert("mcore-to-hf", "--mcore-dir", "{tmp}/nope", "--hf-template",
+         str(TINY), "--out-dir", "{tmp}/hf"), r"Megatron checkpoint directory '{tmp}/nope' does not exist"),
+    Case("convert-over-an-hf-model", with_files({"ck/spro_mcore_model.json": mcore_meta}, export_args_convert("mcore-to-hf", "--mcore-dir", "{tmp}/ck", "--hf-template", str(TINY), "--out-dir",
+                            "{tmp}/run/hf_final")), r"--out-dir '{tmp}/run/hf_final' is not empty"),
+    Case("convert-template-missing", with_files({"ck/spro_mcore_model.json": mcore_meta}, export_args_convert("mcore-to-hf", "--mcore-dir", "{tmp}/ck", "--hf-template",
+                                                     "{tmp}/gone", "--out-dir", "{tmp}/hf")),
+         r"--hf-template '{tmp}/gone' does not exist"),
     # engines (real runs: a fresh process each)
     Case("engine-server-refused", lambda t, s: train(*QUICK, "rollout.engine=vllm", "rollout.mode=server",
          f"rollout.server_urls=[http://127.0.0.1:{closed_port()}]", "rollout.max_retries=2")(t, s),

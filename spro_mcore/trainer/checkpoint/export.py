@@ -59,7 +59,7 @@ def export_checkpoint_to_hf(checkpoint: str | Path, out_dir: str | Path, *, hf_t
     tmp = out.with_name(out.name + ".partial")
     if os.environ.get("RANK", "0") == "0":
         shutil.rmtree(tmp, ignore_errors=True)
-    mcore_to_hf(str(ckpt), template, str(tmp), tp=tp, pp=pp)
+    mcore_to_hf(str(ckpt), template, str(tmp), tp=tp, pp=pp, new_dir=False)
     if dist.get_rank() == 0:
         _replace_dir(tmp, out)
     dist.barrier()
