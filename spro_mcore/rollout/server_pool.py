@@ -63,7 +63,10 @@ class ServerPool:
                                       f"(HTTP {r.status_code}): {r.text[:500]}")
                 last = f"HTTP {r.status_code}: {r.text[:500]}"
             if attempt + 1 < attempts:
-                time.sleep(self.backoff_s * 2 ** attempt)
+                wait = self.backoff_s * 2 ** attempt
+                log.warning("%s at %s: %s %s failed (%s); retry %d of %d in %.0f s", self.what, url, method, path,
+                            last[:200], attempt + 1, self.max_retries, wait)
+                time.sleep(wait)
         raise EngineError(f"{self.what} unreachable at {url} ({method} {path}) after {attempts} attempts: {last}")
 
     def wait_ready(self, path: str, timeout_s: Optional[float] = None, poll_s: float = 1.0) -> None:

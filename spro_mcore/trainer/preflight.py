@@ -1,6 +1,7 @@
 """Start-up checks of everything a run reads and writes, before any heavy import, process group or model:
-a bad path, model folder, data file, reward plugin, resume target or output folder costs a second and gives
-one line naming the culprit (its config key, file and line), instead of a traceback minutes later.
+a bad path, model folder, data file, reward plugin, resume target, output folder or engine server URL costs
+seconds and gives one line naming the culprit (its config key, file and line, URL), instead of a traceback
+minutes later.
 
 The checks only read (the output folder's parent may be created); they never change an existing file.
 """
@@ -32,6 +33,7 @@ def preflight(cfg: Config, *, training: bool = True) -> None:
         check_model_dir(cfg.model.reference_path, "model.reference_path", tokenizer=False)
     check_data_files(cfg)
     check_reward_fn(cfg.data.reward_fn)
+    check_servers(cfg)
     if training:
         check_resume(cfg)
         check_appended_files(Path(cfg.trainer.output_dir))
@@ -151,3 +153,18 @@ def check_appended_files(out: Path) -> None:
 
     if (out / "metrics.jsonl").is_file():
         read_metric_rows(out / "metrics.jsonl")  # raises on a bad line other than a torn last one
+
+
+def check_servers(cfg: Config) -> None:
+    """rollout.mode=server: every server answers its health check (a refused connection fails after the
+    retry policy, naming the URL; a server still loading is waited for, logged), before any model is built."""
+    r = cfg.rollout
+    if r.mode != "server":
+        return
+    from spro_mcore.rollout.server_pool import ServerPool
+
+    pool = ServerPool(r.server_urls, f"{r.engine} server", timeout_s=r.request_timeout_s, max_retries=r.max_retries)
+    try:
+        pool.wait_ready("/health")
+    finally:
+        pool.close()

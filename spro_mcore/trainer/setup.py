@@ -36,6 +36,8 @@ def owns_engine(layout: Layout) -> bool:
 def build_components(cfg: Config, layout: Layout, *, checkpointer=None) -> Components:
     from transformers import AutoTokenizer
 
+    from spro_mcore.models.mcore_checkpoint import is_mcore_checkpoint
+    from spro_mcore.rollout.engine import EngineSpec, build_engine
     from spro_mcore.trainer.actor import MegatronActor
     from spro_mcore.trainer.group_scorer import GroupScorer
     from spro_mcore.trainer.prompts import build_prompt_sources
@@ -47,33 +49,22 @@ def build_components(cfg: Config, layout: Layout, *, checkpointer=None) -> Compo
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prompts, eval_prompts = build_prompt_sources(cfg, tokenizer, layout)
     updates = cfg.trainer.total_steps * cfg.trainer.mini_batches * cfg.trainer.ppo_epochs
-    engine = None
-    if owns_engine(layout) and cfg.rollout.mode == "server":  # an unreachable server fails before the model is built
-        engine = _build_engine(cfg, model_path, hf_dir)
     actor = MegatronActor(cfg, model_path, reference_path, total_updates=updates)
-    if owns_engine(layout) and engine is None:  # colocated: after the trainer's model (memory order as before)
-        engine = _build_engine(cfg, model_path, hf_dir)
+    engine = None
+    if owns_engine(layout):
+        if is_mcore_checkpoint(model_path):
+            raise UserError(f"model.path={model_path} is a Megatron checkpoint: the rollout engine needs an HF "
+                            f"directory (convert it with `spro-mcore convert mcore-to-hf`)")
+        # the longest sequence a step can make, within what the model's positions allow
+        max_len = min(actor.arch.max_position_embeddings, cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens)
+        engine = build_engine(EngineSpec.from_rollout_config(cfg.rollout, hf_dir, seed=cfg.trainer.seed,
+                                                             max_model_len=max_len))
     scorer = GroupScorer(cfg.data.reward_fn, timeout_s=cfg.data.reward_timeout_s)
     parts = Components(actor=actor, engine=engine, tokenizer=tokenizer, pad_id=pad_id, prompts=prompts,
                        eval_prompts=eval_prompts, scorer=scorer, model_path=model_path)
     if checkpointer is not None:
         parts.start_step = checkpointer.restore(parts)
     return parts
-
-
-def _build_engine(cfg: Config, model_path: str, hf_dir: str):
-    from spro_mcore.models.hf_arch import parse_hf_config
-    from spro_mcore.models.mcore_checkpoint import is_mcore_checkpoint
-    from spro_mcore.rollout.engine import EngineSpec, build_engine
-
-    if is_mcore_checkpoint(model_path):
-        raise UserError(f"model.path={model_path} is a Megatron checkpoint: the rollout engine needs an HF "
-                        f"directory (convert it with `spro-mcore convert mcore-to-hf`)")
-    # the longest sequence a step can make, within what the model's positions allow
-    max_len = min(parse_hf_config(hf_dir).max_position_embeddings,
-                  cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens)
-    return build_engine(EngineSpec.from_rollout_config(cfg.rollout, hf_dir, seed=cfg.trainer.seed,
-                                                       max_model_len=max_len))
 
 
 def _hf_dir_of(model_path: str) -> str:
