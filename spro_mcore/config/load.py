@@ -150,6 +150,10 @@ def _get(cfg: Config, key: str):
 
 def validate(cfg: Config) -> None:
     """Checks that need no running process group."""
+    try:
+        check_ranges(cfg)  # value ranges and cross-field checks of config/ranges.py
+    except RangeError as e:
+        raise ConfigError(str(e)) from None
     for key, allowed in CHOICES.items():
         value = _get(cfg, key)
         if value not in allowed:
@@ -175,10 +179,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError("parallel.sequence_parallel needs parallel.tp > 1")
     if cfg.rollout.n < 2 and cfg.algo.estimator in ("spro", "grpo"):
         raise ConfigError(f"rollout.n = {cfg.rollout.n}: group-relative estimators need at least 2 samples per prompt")
-    try:
-        check_ranges(cfg)
-    except RangeError as e:
-        raise ConfigError(str(e)) from None
 
 
 def validate_world_size(cfg: Config, world_size: int) -> int:
@@ -191,15 +191,15 @@ def validate_world_size(cfg: Config, world_size: int) -> int:
             f"{p.tp} x {p.pp} x {p.cp} = {model_parallel}"
         )
     dp = world_size // model_parallel
+    try:
+        check_samples_per_step(cfg, p.dp or dp)
+    except RangeError as e:
+        raise ConfigError(str(e)) from None
     if p.dp not in (0, dp):
         raise ConfigError(
             f"parallel.tp x parallel.pp x parallel.cp x parallel.dp = {p.tp} x {p.pp} x {p.cp} x {p.dp} = "
             f"{model_parallel * p.dp} does not match the world size {world_size} (set parallel.dp={dp} or 0)"
         )
-    try:
-        check_samples_per_step(cfg, dp)
-    except RangeError as e:
-        raise ConfigError(str(e)) from None
     return dp
 
 
