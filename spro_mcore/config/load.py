@@ -150,10 +150,6 @@ def _get(cfg: Config, key: str):
 
 def validate(cfg: Config) -> None:
     """Checks that need no running process group."""
-    try:
-        check_ranges(cfg)  # value ranges and cross-field checks of config/ranges.py
-    except RangeError as e:
-        raise ConfigError(str(e)) from None
     for key, allowed in CHOICES.items():
         value = _get(cfg, key)
         if value not in allowed:
@@ -165,6 +161,10 @@ def validate(cfg: Config) -> None:
     for key in NON_NEGATIVE:
         if _get(cfg, key) < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {_get(cfg, key)}")
+    try:
+        check_ranges(cfg)  # value ranges and cross-field checks of config/ranges.py
+    except RangeError as e:
+        raise ConfigError(str(e)) from None
     if cfg.rollout.mode == "server" and not cfg.rollout.server_urls:
         raise ConfigError("rollout.mode=server needs rollout.server_urls (e.g. rollout.server_urls=[http://127.0.0.1:8000])")
     if cfg.rollout.engine == "hf" and cfg.rollout.mode != "colocated":
