@@ -367,7 +367,7 @@ CASES = [
     Case("engine-server-refused", lambda t, s: train(*QUICK, "rollout.engine=vllm", "rollout.mode=server",
          f"rollout.server_urls=[http://127.0.0.1:{closed_port()}]", "rollout.max_retries=2")(t, s),
          r"vllm server at http://127\.0\.0\.1:\d+ refused the connection .* after 3 attempts", subprocess=True,
-         max_seconds=120),
+         max_seconds=60),  # imports included; the retries themselves take 1 + 2 s
     Case("engine-fails-before-first-update", failing_server,
          r"rollout engine failed before the first update .*vllm server unreachable at http://127\.0\.0\.1:\d+ "
          r"\(POST /v1/completions\) after 2 attempts: HTTP 500: engine crashed: out of KV cache\); nothing to save",
