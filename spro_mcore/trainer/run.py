@@ -129,11 +129,11 @@ def _train(cfg, out: Path) -> int:
 
 
 def eval_main(config_path, overrides) -> int:
-    from spro_mcore.trainer.loop import Trainer
-    from spro_mcore.trainer.setup import build_components
-
     cfg = _prepare(config_path, overrides, training=False)
     try:
+        from spro_mcore.trainer.loop import Trainer
+        from spro_mcore.trainer.setup import build_components
+
         layout = _start(cfg)
         parts = build_components(cfg, layout, checkpointer=None)
         try:
@@ -152,7 +152,8 @@ def _destroy() -> None:
     """Leave no process group behind, also after a failure (in-process callers run again)."""
     import sys
 
-    if "torch.distributed" in sys.modules:
-        from spro_mcore.parallel import destroy
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():  # else nothing to tear down (and no
+        from spro_mcore.parallel import destroy  # megatron-core import just for that)
 
         destroy()
