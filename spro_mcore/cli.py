@@ -6,7 +6,11 @@ Bad input (config, data, checkpoint) ends with one line on stderr naming the pro
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
+
+_ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _train(args) -> int:
@@ -73,12 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from spro_mcore import quiet
     from spro_mcore.errors import bad_input_errors
+
+    quiet.install()  # before anything imports megatron-core; train/eval redo it with logging.level
 
     try:
         return int(args.fn(args) or 0)
     except bad_input_errors() as e:
         print(f"spro-mcore {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        # a full, read-only or forbidden file system: the machine's problem, not a bug; writes are atomic
+        where = f": {e.filename}" if e.filename else ""
+        print(f"spro-mcore {args.command}: error: {os.strerror(e.errno).lower()}{where}", file=sys.stderr)
         return 2
 
 

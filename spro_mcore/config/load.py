@@ -14,6 +14,7 @@ from typing import Any, Iterable, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from spro_mcore.config.ranges import RangeError, check_ranges, check_samples_per_step
 from spro_mcore.config.schema import CHOICES, NON_NEGATIVE, POSITIVE, Config
 from spro_mcore.errors import UserError
 
@@ -106,11 +107,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Iterable[str] = ()
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = OmegaConf.to_container(OmegaConf.load(path))
-        except Exception as e:  # YAML syntax errors
-            raise ConfigError(f"cannot read config file {path}: {str(e).splitlines()[0]}") from None
-        raw = raw or {}
+        raw = _read_yaml(path)
         _check_keys(raw)
         cfg = _merge(cfg, raw, str(path))
     if overrides:
@@ -118,6 +115,32 @@ def load_config(path: Optional[str | Path] = None, overrides: Iterable[str] = ()
     obj: Config = OmegaConf.to_object(cfg)
     validate(obj)
     return obj
+
+
+def _read_yaml(path: Path) -> dict:
+    """The file's mapping of sections; a syntax error is named with its line, any other top level refused."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        raw = OmegaConf.to_container(OmegaConf.create(text)) if text.strip() else {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file {where}: not valid YAML ({problem})") from None
+    except Exception as e:  # noqa: BLE001 - omegaconf's own refusals (e.g. a top-level list)
+        raw = e
+    if not isinstance(raw, dict):
+        kind = "a list" if isinstance(raw, (list, Exception)) else type(raw).__name__
+        raise ConfigError(f"config file {path}: the top level must be a mapping of sections (model:, trainer:, "
+                          f"...), got {kind}")
+    return raw
 
 
 def _get(cfg: Config, key: str):
@@ -138,6 +161,10 @@ def validate(cfg: Config) -> None:
     for key in NON_NEGATIVE:
         if _get(cfg, key) < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {_get(cfg, key)}")
+    try:
+        check_ranges(cfg)  # value ranges and cross-field checks of config/ranges.py
+    except RangeError as e:
+        raise ConfigError(str(e)) from None
     if cfg.rollout.mode == "server" and not cfg.rollout.server_urls:
         raise ConfigError("rollout.mode=server needs rollout.server_urls (e.g. rollout.server_urls=[http://127.0.0.1:8000])")
     if cfg.rollout.engine == "hf" and cfg.rollout.mode != "colocated":
@@ -175,6 +202,10 @@ def validate_world_size(cfg: Config, world_size: int) -> int:
             f"{p.tp} x {p.pp} x {p.cp} = {model_parallel}"
         )
     dp = world_size // model_parallel
+    try:
+        check_samples_per_step(cfg, p.dp or dp)
+    except RangeError as e:
+        raise ConfigError(str(e)) from None
     if p.dp not in (0, dp):
         raise ConfigError(
             f"parallel.tp x parallel.pp x parallel.cp x parallel.dp = {p.tp} x {p.pp} x {p.cp} x {p.dp} = "

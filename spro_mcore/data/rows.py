@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import pyarrow.parquet as pq
 
 
 class DataError(ValueError):
@@ -34,8 +33,13 @@ def iter_raw_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
         raise DataError(f"{path}: no such data file")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
+        with path.open("rb") as f:
+            for lineno, raw_line in enumerate(f, start=1):
+                try:
+                    line = raw_line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {e.start} of the line); save the file "
+                                    "as UTF-8") from None
                 if not line.strip():
                     continue  # blank lines (e.g. a trailing newline) are not rows
                 try:
@@ -46,7 +50,14 @@ def iter_raw_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
                     raise DataError(f"{path}:{lineno}: a row must be a JSON object, got {type(row).__name__}")
                 yield lineno, row
     elif suffix == ".parquet":
-        for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+        for i, row in enumerate(table.to_pylist(), start=1):
             yield i, row
     else:
         raise DataError(f"{path}: unknown data format {suffix!r}; use .jsonl or .parquet")

@@ -35,6 +35,13 @@ def _init(tp: int, pp: int):
     return initialize_model_parallel(tp=tp, pp=pp)
 
 
+def _check_new_dir(out_dir: str) -> None:
+    """Conversions write into a new (or empty) folder: never over an existing model."""
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        what = "is a file" if not os.path.isdir(out_dir) else "is not empty"
+        raise UserError(f"--out-dir {out_dir!r} {what}: give a new folder (nothing in it is overwritten)")
+
+
 def hf_to_mcore(hf_dir: str, out_dir: str, *, tp: int = 1, pp: int = 1, dtype: str | None = None) -> None:
     """Collective: write `out_dir` (a Megatron dist checkpoint + spro_mcore_model.json) from an HF directory."""
     from spro_mcore.models.build import build_model_chunks
@@ -44,6 +51,7 @@ def hf_to_mcore(hf_dir: str, out_dir: str, *, tp: int = 1, pp: int = 1, dtype: s
     from spro_mcore.models.mcore_checkpoint import save_mcore_checkpoint
 
     arch = parse_hf_config(hf_dir)
+    _check_new_dir(out_dir)
     _init(tp, pp)
     if dtype is None:
         with HFSafetensorsReader(hf_dir) as r:
@@ -53,8 +61,10 @@ def hf_to_mcore(hf_dir: str, out_dir: str, *, tp: int = 1, pp: int = 1, dtype: s
     save_mcore_checkpoint(chunks, out_dir)
 
 
-def mcore_to_hf(mcore_dir: str, hf_template: str, out_dir: str, *, tp: int = 1, pp: int = 1) -> None:
-    """Collective: write HF safetensors (+ the template's config/tokenizer files) from a Megatron checkpoint."""
+def mcore_to_hf(mcore_dir: str, hf_template: str, out_dir: str, *, tp: int = 1, pp: int = 1,
+                new_dir: bool = True) -> None:
+    """Collective: write HF safetensors (+ the template's config/tokenizer files) from a Megatron checkpoint.
+    `new_dir=False`: the caller owns `out_dir` (a temporary folder it renames into place)."""
     import torch.distributed as dist
 
     from spro_mcore.models.build import build_model_chunks
@@ -67,6 +77,8 @@ def mcore_to_hf(mcore_dir: str, hf_template: str, out_dir: str, *, tp: int = 1, 
     arch = parse_hf_config(meta["hf_config"])
     if not os.path.isdir(hf_template):
         raise UserError(f"--hf-template {hf_template!r} does not exist")
+    if new_dir:
+        _check_new_dir(out_dir)
     _init(tp, pp)
     chunks = build_model_chunks(arch, ModelConfig(dtype=meta["dtype"], transformer_impl="local"))
     load_mcore_checkpoint(chunks, mcore_dir)

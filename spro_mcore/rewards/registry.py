@@ -30,6 +30,12 @@ def resolve_reward_fn(name: str) -> RewardFn:
         obj = importlib.import_module(module_name)
     except ImportError as e:
         raise ValueError(f"reward function {name!r}: cannot import module {module_name!r} ({e})") from e
+    except SyntaxError as e:
+        raise ValueError(f"reward function {name!r}: {e.filename}:{e.lineno}: syntax error in module "
+                         f"{module_name!r} ({e.msg})") from None
+    except Exception as e:  # noqa: BLE001 - the plugin's own code raised while being imported
+        raise ValueError(f"reward function {name!r}: importing module {module_name!r} raised "
+                         f"{type(e).__name__}: {e}{_where(e)}") from None
     for part in attr_path.split("."):  # "module:Class.method" works too
         if not hasattr(obj, part):
             raise ValueError(f"reward function {name!r}: {obj.__name__!r} has no attribute {part!r}")
@@ -37,3 +43,11 @@ def resolve_reward_fn(name: str) -> RewardFn:
     if not callable(obj):
         raise ValueError(f"reward function {name!r}: {attr_path!r} in {module_name!r} is not callable")
     return obj
+
+
+def _where(e: BaseException) -> str:
+    """ ' at file:line' of the innermost frame of a plugin's exception."""
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""

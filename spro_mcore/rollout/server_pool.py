@@ -7,6 +7,7 @@ attempts (connection errors, timeouts and 5xx answers are retried with exponenti
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional, Sequence, TypeVar
@@ -18,6 +19,7 @@ from spro_mcore.rollout.engine import EngineError
 
 T = TypeVar("T")
 R = TypeVar("R")
+log = logging.getLogger(__name__)
 
 
 class ServerPool:
@@ -61,22 +63,45 @@ class ServerPool:
                                       f"(HTTP {r.status_code}): {r.text[:500]}")
                 last = f"HTTP {r.status_code}: {r.text[:500]}"
             if attempt + 1 < attempts:
-                time.sleep(self.backoff_s * 2 ** attempt)
+                wait = self.backoff_s * 2 ** attempt
+                log.warning("%s at %s: %s %s failed (%s); retry %d of %d in %.0f s", self.what, url, method, path,
+                            last[:200], attempt + 1, self.max_retries, wait)
+                time.sleep(wait)
         raise EngineError(f"{self.what} unreachable at {url} ({method} {path}) after {attempts} attempts: {last}")
 
-    def wait_ready(self, path: str, timeout_s: float, poll_s: float = 1.0) -> None:
-        """Block until every server answers `path` with a 2xx, or fail after `timeout_s`."""
-        deadline = time.monotonic() + timeout_s
+    def wait_ready(self, path: str, timeout_s: Optional[float] = None, poll_s: float = 1.0) -> None:
+        """Block until every server answers `path` with a 2xx. A refused connection (nothing listens there) is
+        retried like a request (`max_retries`, back-off) and then fails naming the URL; a server that answers
+        but is not ready yet (still loading) is waited for up to `timeout_s` (default: the request timeout).
+        Every wait is logged with what it waits for."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
         for url in self.urls:
+            deadline, refused, last_log = time.monotonic() + timeout_s, 0, 0.0
             while True:
                 try:
-                    if self._session.get(url + path, timeout=min(10.0, timeout_s)).status_code < 300:
+                    r = self._session.get(url + path, timeout=min(10.0, timeout_s))
+                    if r.status_code < 300:
                         break
-                except (requests.ConnectionError, requests.Timeout):
-                    pass
-                if time.monotonic() > deadline:
-                    raise EngineError(f"{self.what} at {url} not ready ({path}) after {timeout_s:.0f} s")
-                time.sleep(poll_s)
+                    state, refused = f"answered HTTP {r.status_code}", 0
+                except requests.ConnectionError as e:
+                    refused += 1
+                    if refused > self.max_retries:
+                        raise EngineError(
+                            f"{self.what} at {url} refused the connection (GET {path}) after {refused} attempts: is "
+                            f"it running and is the URL right? (rollout.server_urls; retries: rollout.max_retries) "
+                            f"[{type(e).__name__}]") from None
+                    state = "refused the connection"
+                except requests.Timeout:
+                    state, refused = "did not answer", 0
+                now = time.monotonic()
+                if now > deadline:
+                    raise EngineError(f"{self.what} at {url} not ready (GET {path} {state}) after {timeout_s:.0f} s "
+                                      "(rollout.request_timeout_s)")
+                if now - last_log > 30:
+                    log.info("waiting for %s at %s to be ready (GET %s %s; up to %.0f s more)", self.what, url, path,
+                             state, deadline - now)
+                    last_log = now
+                time.sleep(self.backoff_s * 2 ** (refused - 1) if refused else poll_s)
 
     def round_robin(self, fn: Callable[[str, T], R], items: Sequence[T]) -> list[R]:
         """fn(url, item) for every item, item k on server (cursor + k) mod #servers, in parallel, in order."""

@@ -40,7 +40,7 @@ from spro_mcore.rollout.weight_sync_folder import SyncDir, write_safetensors_fol
 class SglangServerEngine(Engine):
     def __init__(self, urls: Sequence[str], model_path: str = "", dtype: str = "bfloat16",
                  bucket_bytes: int = 512 << 20, weight_sync: str = "folder", weight_sync_dir: str = "",
-                 timeout_s: float = 600.0, max_retries: int = 3, ready_timeout_s: float = 600.0,
+                 timeout_s: float = 600.0, max_retries: int = 3, ready_timeout_s: Optional[float] = None,
                  release_memory: bool = False, nccl_master: Optional[tuple[str, int]] = None,
                  engine_world_size: int = 1, broadcast_backend: str = "nccl"):
         """`model_path`: the HF checkpoint the servers were started from (EOS ids, the weights an update must
@@ -64,7 +64,7 @@ class SglangServerEngine(Engine):
         self._group = None
         self.eos_token_ids: Optional[list[int]] = eos_token_ids(model_path) if model_path else None
         self.expected_weights = tensor_names(model_path) if model_path else set()
-        self.pool.wait_ready("/health", ready_timeout_s)
+        self.pool.wait_ready("/health", ready_timeout_s)  # None: timeout_s
 
     @classmethod
     def from_spec(cls, spec: EngineSpec) -> "SglangServerEngine":

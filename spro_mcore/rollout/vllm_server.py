@@ -29,7 +29,7 @@ from spro_mcore.rollout.weight_sync_folder import SyncDir, write_safetensors_fol
 class VllmServerEngine(Engine):
     def __init__(self, urls: Sequence[str], model_path: str = "", dtype: str = "float32",
                  bucket_bytes: int = 512 << 20, weight_sync_dir: str = "", timeout_s: float = 600.0,
-                 max_retries: int = 3, ready_timeout_s: float = 300.0, release_memory: bool = False):
+                 max_retries: int = 3, ready_timeout_s: Optional[float] = None, release_memory: bool = False):
         """`model_path`: the HF checkpoint the servers were started from (EOS ids, the set of weights an
         update must contain, config files for the sync folder); "" leaves EOS to the servers.
         `release_memory`: make sleep()/wake() call /sleep and /wake_up (servers sharing GPUs with training)."""
@@ -41,7 +41,7 @@ class VllmServerEngine(Engine):
         self.release_memory = release_memory
         self.eos_token_ids: Optional[list[int]] = eos_token_ids(model_path) if model_path else None
         self.expected_weights = tensor_names(model_path) if model_path else set()
-        self.pool.wait_ready("/health", ready_timeout_s)
+        self.pool.wait_ready("/health", ready_timeout_s)  # None: timeout_s
         models = self.pool.request(self.pool.urls[0], "GET", "/v1/models")
         self.model_name = models["data"][0]["id"]
 

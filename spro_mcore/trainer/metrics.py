@@ -5,11 +5,41 @@ Only the main rank writes."""
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+
+def read_metric_rows(path: Path) -> tuple[list[dict], bool]:
+    """(rows, torn) of a metrics.jsonl. A last line without its newline that does not parse is what a kill
+    during a write leaves (torn=True, the row is not returned); any other bad line is a UserError naming it."""
+    from spro_mcore.errors import UserError
+
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    rows, torn = [], False
+    for i, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if i == len(lines) and not data.endswith(b"\n"):
+                torn = True
+                continue
+            raise UserError(f"{path}:{i}: not a metrics row ({type(e).__name__}: {str(e)[:80]}); move the file "
+                            "away to start a new one") from None
+        rows.append(row)
+    return rows, torn
 
 
 class StepTimer:
@@ -75,10 +105,26 @@ class MetricsLogger:
             self._progress.start()
 
     def _truncate_after(self, step: int) -> None:
+        """Rows past the resume point (or a torn last line) belong to an abandoned attempt: the file keeps the
+        rows up to `step`, and the whole earlier file is kept aside first (never deleted)."""
         if not self.path.exists():
             return
-        kept = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l).get("step", 0) <= step]
-        self.path.write_text("".join(l + "\n" for l in kept))
+        rows, torn = read_metric_rows(self.path)
+        # a fresh start (step 0) keeps no row: its step-0 evaluation is logged again
+        kept = [r for r in rows if r.get("step", 0) <= step] if step else []
+        if len(kept) == len(rows) and not torn:
+            return
+        # in an order that a kill at any point leaves metrics.jsonl whole (the old or the new one)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        aside = self.path.with_name(f"{self.path.name}.abandoned-{time.time_ns()}")
+        try:
+            os.link(self.path, aside)
+        except OSError:  # a file system without hard links
+            shutil.copy2(self.path, aside)
+        os.replace(tmp, self.path)
+        log.warning("kept %s aside as %s (%d rows after step %d%s): this run continues from step %d", self.path,
+                    aside.name, len(rows) - len(kept), step, ", a torn last line" if torn else "", step)
 
     def log(self, step: int, metrics: dict) -> dict:
         row = {"step": step}

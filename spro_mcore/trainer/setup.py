@@ -10,26 +10,10 @@ from typing import Any, Optional
 
 from spro_mcore.config.schema import Config
 from spro_mcore.errors import UserError
+from spro_mcore.models.model_path import ASSETS, resolve_model_path  # noqa: F401 - also imported from here
 from spro_mcore.parallel.distributed import Layout
 
 log = logging.getLogger(__name__)
-
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-
-
-def resolve_model_path(path: str) -> str:
-    """`builtin:<name>` names a model shipped in spro_mcore/assets; anything else is a directory."""
-    if path.startswith("builtin:"):
-        name = path.split(":", 1)[1]
-        resolved = ASSETS / name
-        if not resolved.is_dir():
-            shipped = sorted(p.name for p in ASSETS.iterdir() if p.is_dir()) if ASSETS.is_dir() else []
-            raise UserError(f"model.path={path}: no shipped model {name!r} (shipped: {', '.join(shipped) or 'none'})")
-        return str(resolved)
-    if not Path(path).is_dir():
-        raise UserError(f"model.path={path!r} is not a directory (an HF checkpoint or a Megatron checkpoint)")
-    return path
-
 
 @dataclass
 class Components:
@@ -59,7 +43,7 @@ def build_components(cfg: Config, layout: Layout, *, checkpointer=None) -> Compo
     from spro_mcore.trainer.prompts import build_prompt_sources
 
     model_path = resolve_model_path(cfg.model.path)
-    reference_path = resolve_model_path(cfg.model.reference_path) if cfg.model.reference_path else model_path
+    reference_path = resolve_model_path(cfg.model.reference_path, "model.reference_path") if cfg.model.reference_path else model_path
     hf_dir = _hf_dir_of(model_path)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

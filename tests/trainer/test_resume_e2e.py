@@ -2,8 +2,9 @@
 
 - kill -9 (of the whole process group) at random moments, every other time the moment a checkpoint starts
   being written, SPRO_KILL_LOOPS times (default 3): after every kill each `step_<N>` on disk verifies and
-  `latest` names one of them; the final run ends with the uninterrupted run's weights, bit for bit, and the
-  same metrics.jsonl rows (timings aside);
+  `latest` names one of them; metrics.jsonl then also gets the torn last line a kill during a metrics write
+  leaves; the final run ends with the uninterrupted run's weights, bit for bit, and the same metrics.jsonl
+  rows (timings aside), the torn lines kept aside, never in the file;
 - SIGTERM: the run stops after the current step, saves it and exits 0; resuming from it gives the same end;
 - a 2-"node" run on localhost (two torchrun launches, --nnodes=2, node rank 0/1, one master port) resumes the
   uninterrupted run's step-2 checkpoint at TP=2 (a different layout), trains and checkpoints.
@@ -88,6 +89,15 @@ def _assert_consistent(ckpts: Path) -> list[int]:
     return steps
 
 
+def _tear_metrics(out: Path) -> bool:
+    """Leave what a kill in the middle of writing a metrics row leaves: a last line cut short."""
+    if not (out / "metrics.jsonl").exists():
+        return False
+    with open(out / "metrics.jsonl", "ab") as f:
+        f.write(b'{"step": 99, "reward/mean": 0.1')
+    return True
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
@@ -109,7 +119,7 @@ def test_kill9_loop_resumes_to_the_uninterrupted_result(reference, tmp_path):
     rng = random.Random(seed)
     out, log = tmp_path / "run", tmp_path / "train.log"
     ckpts = out / "checkpoints"
-    history = []
+    history, torn = [], False
     for i in range(loops):
         p = _start(out, log)
         if i % 2 == 1:  # the moment a checkpoint write begins
@@ -132,11 +142,16 @@ def test_kill9_loop_resumes_to_the_uninterrupted_result(reference, tmp_path):
             os.killpg(p.pid, signal.SIGKILL)
         rc = p.wait()
         steps = _assert_consistent(ckpts) if ckpts.is_dir() else []
+        if rc == -signal.SIGKILL:
+            torn = _tear_metrics(out) or torn
         history.append((moment, rc, writing, steps))
+    if not torn:
+        torn = _tear_metrics(out)
     _run(out)  # the last launch runs to the end
     assert any(rc == -signal.SIGKILL for _, rc, _, _ in history), f"no launch was killed: {history}"
     _assert_same_run(reference, out)
-    print(f"kill loop seed={seed}: " + "; ".join(f"{m} rc={rc} partial={w} complete={s}" for m, rc, w, s in history))
+    assert (out / "metrics.jsonl").read_bytes().endswith(b"\n")
+    print(f"kill loop seed={seed}, torn metrics line={torn}: " + "; ".join(f"{m} rc={rc} partial={w} complete={s}" for m, rc, w, s in history))
 
 
 @pytest.mark.e2e

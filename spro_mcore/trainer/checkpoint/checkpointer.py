@@ -188,7 +188,7 @@ class Checkpointer:
         from spro_mcore.trainer.setup import resolve_model_path
 
         m = self.cfg.model
-        path = resolve_model_path(m.reference_path) if m.reference_path else self._parts.model_path
+        path = resolve_model_path(m.reference_path, "model.reference_path") if m.reference_path else self._parts.model_path
         return {"mode": m.reference_mode, "path": os.path.abspath(path)}
 
     def _restore_reference(self, saved: dict, policy) -> None:
@@ -326,6 +326,15 @@ class Checkpointer:
             self._finalize_async(blocking=True)
         return self.dir / files.step_name(b.step)
 
+    def nothing_to_save(self, trainer) -> bool:
+        """True when the weights did not move since the run began or resumed: its starting point (the initial
+        model, or the checkpoint it resumed from) is all there is, and a fresh optimizer without a single step
+        cannot even be saved by megatron-core's distributed optimizer."""
+        b = self._boundary
+        start = self.last_saved_step if self.last_saved_step is not None else 0
+        return (b is not None and trainer.step_no == b.step == start
+                and optimizer_step_count(self._parts.actor) == b.optimizer_steps)
+
     def save_after_fault(self, trainer) -> Path:
         """After an exception inside a step. If the weights did not move since the last step boundary
         (the failure came before the update), that boundary is saved and the step is redone on resume;
@@ -382,6 +391,9 @@ class _PreemptionScope:
                 raise SystemExit(0)
             return False
         if issubclass(exc_type, EngineError):
+            if ckpt.nothing_to_save(self.trainer):
+                raise UserError(f"the rollout engine failed before the first update ({exc}); nothing to save "
+                                "(no step was taken since the start or the last checkpoint)") from exc
             path = ckpt.save_after_fault(self.trainer)
             raise UserError(f"the rollout engine failed ({exc}); the training state is saved in {path}: "
                             "rerun the same command to resume once the engine works") from exc

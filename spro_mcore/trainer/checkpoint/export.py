@@ -10,9 +10,11 @@ CHECKPOINT is a `step_<N>` directory or a checkpoint directory (its newest compl
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from spro_mcore.errors import UserError
@@ -58,7 +60,7 @@ def export_checkpoint_to_hf(checkpoint: str | Path, out_dir: str | Path, *, hf_t
     tmp = out.with_name(out.name + ".partial")
     if os.environ.get("RANK", "0") == "0":
         shutil.rmtree(tmp, ignore_errors=True)
-    mcore_to_hf(str(ckpt), template, str(tmp), tp=tp, pp=pp)
+    mcore_to_hf(str(ckpt), template, str(tmp), tp=tp, pp=pp, new_dir=False)
     if dist.get_rank() == 0:
         _replace_dir(tmp, out)
     collectives.barrier()
@@ -88,14 +90,15 @@ def export_policy(policy, out_dir: str | Path, hf_template: str) -> Path:
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
+    """Move `tmp` into place; an earlier export there (an earlier run's, or this run's before a resume) is kept
+    aside as `<out>.replaced-<ns>`, never deleted."""
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    elif out.exists():
+        aside = out.with_name(f"{out.name}.replaced-{time.time_ns()}")
+        os.replace(out, aside)
+        logging.getLogger(__name__).warning("kept the earlier %s aside as %s", out, aside.name)
     os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def export_main(argv: list[str] | None = None) -> int:
