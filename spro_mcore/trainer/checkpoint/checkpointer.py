@@ -333,7 +333,7 @@ class Checkpointer:
         b = self._boundary
         start = self.last_saved_step if self.last_saved_step is not None else 0
         return (b is not None and trainer.step_no == b.step == start
-                and optimizer_step_count(self._parts.actor) == b.optimizer_steps)
+                and self._parts.policy.optimizer_steps == b.optimizer_steps)
 
     def save_after_fault(self, trainer) -> Path:
         """After an exception inside a step. If the weights did not move since the last step boundary
