@@ -58,7 +58,8 @@ def _step(hf_dir, runs):
         metrics = actor.update(batch, adv, old, ref)
         grads = torch.cat([p.main_grad.flatten() for p in actor._params()])
         n_packs = len(actor.packs(batch, torch.arange(len(batch)))) if packing else None
-        micro = actor._update_micro_batches(batch, {}, torch.arange(len(batch)))[0]
+        micro = actor._update_micro_batches(batch, {"response_mask": batch.response_mask.float()},
+                                            torch.arange(len(batch)))[0]
         assert ("cu_seqlens" in micro[0]) == packing  # trainer.packing picks the layout
         out.append({"old": old, "ent": ent, "ref": ref, "metrics": metrics, "grads": grads, "rows": rows,
                     "n_packs": n_packs})

@@ -16,7 +16,8 @@ All figures are ratios measured side by side in this run; absolute numbers on sh
 comparable across runs.
 
     python tools/bench/bench_logprobs.py [--tokens 8192] [--vocab 151936] [--hidden 64] [--chunks 1024,256]
-                                         [--train-tokens 2048] [--skip-model]
+                                         [--train-tokens 2048] [--skip-model] [--skip-kernel]
+                                         [--threads 1 --clock cpu]
 """
 
 from __future__ import annotations
@@ -67,9 +68,14 @@ def _kernel_worker(variant: str, tokens: int, vocab: int, hidden: int, chunk: in
     return {"extra_peak": max(peak, peak_before) - base, "seconds": elapsed, "checksum": float(lp.sum())}
 
 
-def _model_worker(hf_dir: str, batch: int, length: int, repeats: int, train: bool) -> dict:
+def _model_worker(hf_dir: str, batch: int, length: int, repeats: int, train: bool, threads: int = 0,
+                  clock: str = "wall") -> dict:
     """Tokens/s of HF (sdpa) and of Megatron with megatron-core's DotProductAttention ("before") and with
-    models/core_attention.py ("after"), interleaved, best of N; forward (no grad) or forward+backward."""
+    models/core_attention.py ("after"), interleaved, best of N; forward (no grad) or forward+backward.
+    `clock="cpu"`: process CPU time (with threads=1, robust to other jobs on shared cores)."""
+    if threads:
+        torch.set_num_threads(threads)
+    now = time.process_time if clock == "cpu" else time.perf_counter
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.transformer.dot_product_attention import DotProductAttention
     from transformers import AutoModelForCausalLM
@@ -118,9 +124,9 @@ def _model_worker(hf_dir: str, batch: int, length: int, repeats: int, train: boo
         for name, fn in runs:
             for m in (hf, *before, *after):
                 m.zero_grad(set_to_none=True)
-            t0 = time.perf_counter()
+            t0 = now()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(now() - t0)
     tok = batch * (length - 1)
     return {**{f"{n}_tok_s": tok / min(t) for n, t in times.items()}, **{f"{n}_diff": d for n, d in diff.items()}}
 
@@ -151,17 +157,19 @@ def bench_kernel(tokens: int, vocab: int, hidden: int, chunks: list[int], train:
               f"{naive['seconds'] / r['seconds']:5.2f}x   |checksum diff| {abs(r['checksum'] - naive['checksum']):.2e}")
 
 
-def bench_model(batch: int, length: int, repeats: int) -> None:
+def bench_model(batch: int, length: int, repeats: int, threads: int = 0, clock: str = "wall") -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     from tests.models.tiny_hf import make_tiny
 
     print(f"\n[model] tiny Qwen2 (4 layers, hidden 256, vocab 512), B={batch} x L={length}, fp32, 1 process; "
-          f"Megatron local spec with megatron-core's DotProductAttention (before) and SDPACoreAttention (after)")
+          f"Megatron local spec with megatron-core's DotProductAttention (before) and SDPACoreAttention (after); "
+          f"threads={threads or torch.get_num_threads()}, {clock} clock")
     with tempfile.TemporaryDirectory() as d:
         make_tiny(d, "qwen2", vocab=512, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                   num_attention_heads=4, num_key_value_heads=2)
         for train in (False, True):
-            r = _spawn("model", hf_dir=d, batch=batch, length=length, repeats=repeats, train=train)
+            r = _spawn("model", hf_dir=d, batch=batch, length=length, repeats=repeats, train=train, threads=threads,
+                       clock=clock)
             print(f"  {'forward+backward' if train else 'forward (no grad)'}: HF transformers (sdpa) "
                   f"{r['hf_tok_s']:8.0f} tok/s")
             for n in ("before", "after"):
@@ -180,13 +188,17 @@ def main() -> None:
     p.add_argument("--length", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-model", action="store_true")
+    p.add_argument("--skip-kernel", action="store_true")
+    p.add_argument("--threads", type=int, default=0, help="torch threads in the model part (0: torch's default)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="model part: wall or process CPU time")
     a = p.parse_args()
     chunks = [int(c) for c in a.chunks.split(",")]
-    bench_kernel(a.tokens, a.vocab, a.hidden, chunks, train=False)
-    if a.train_tokens:
-        bench_kernel(a.train_tokens, a.vocab, a.hidden, chunks, train=True)
+    if not a.skip_kernel:
+        bench_kernel(a.tokens, a.vocab, a.hidden, chunks, train=False)
+        if a.train_tokens:
+            bench_kernel(a.train_tokens, a.vocab, a.hidden, chunks, train=True)
     if not a.skip_model:
-        bench_model(a.batch, a.length, a.repeats)
+        bench_model(a.batch, a.length, a.repeats, a.threads, a.clock)
 
 
 if __name__ == "__main__":
