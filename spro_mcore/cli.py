@@ -1,4 +1,4 @@
-"""`spro-mcore train | convert | eval | config`: the command-line entry point.
+"""`spro-mcore train | convert | eval | export | pav collect | config`: the command-line entry point.
 
 Bad input (config, data, checkpoint) ends with one line on stderr naming the problem and a non-zero exit.
 """
@@ -31,6 +31,14 @@ def _export(args) -> int:
     from spro_mcore.trainer.checkpoint.export import export_main
 
     return export_main(args.export_args)
+
+
+def _pav(args) -> int:
+    if args.pav_command == "collect":
+        from spro_mcore.pav.collect import collect_main
+
+        return collect_main(args.config, args.overrides)
+    raise AssertionError(args.pav_command)
 
 
 def _config(args) -> int:
@@ -67,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                          add_help=False)
     exp.add_argument("export_args", nargs=argparse.REMAINDER)
     exp.set_defaults(fn=_export)
+    pav = sub.add_parser("pav", help="process advantage verifiers: collect Monte-Carlo progress targets")
+    pav_sub = pav.add_subparsers(dest="pav_command", metavar="PAV_COMMAND", required=True)
+    with_config(pav_sub.add_parser("collect", help="sample responses, estimate each step prefix's Q-hat (Parquet)")
+                ).set_defaults(fn=_pav)
     with_config(sub.add_parser("config", help="print the resolved, validated configuration")).set_defaults(fn=_config)
     return parser
 

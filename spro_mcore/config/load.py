@@ -14,6 +14,7 @@ from typing import Any, Iterable, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from spro_mcore.algo.step_split import splitter_pattern
 from spro_mcore.config.schema import CHOICES, NON_NEGATIVE, POSITIVE, Config
 from spro_mcore.errors import UserError
 
@@ -150,6 +151,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.fp8 needs Transformer Engine: set model.transformer_impl=transformer_engine (or auto)")
     if cfg.parallel.sequence_parallel and cfg.parallel.tp == 1:
         raise ConfigError("parallel.sequence_parallel needs parallel.tp > 1")
+    try:
+        splitter_pattern(cfg.pav.splitter)
+    except ValueError as e:
+        raise ConfigError(f"config key 'pav.splitter': {e}") from None
     if cfg.rollout.n < 2 and cfg.algo.estimator in ("spro", "grpo"):
         raise ConfigError(f"rollout.n = {cfg.rollout.n}: group-relative estimators need at least 2 samples per prompt")
 

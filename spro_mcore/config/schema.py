@@ -141,6 +141,18 @@ class LoggingConfig:
 
 
 @dataclass
+class PavConfig:
+    data_dir: str = "outputs/pav/data"  # `pav collect` output (Parquet shards + manifest.json)
+    n_mc: int = 8  # continuations sampled after every step prefix to estimate its Q-hat (temperature 1)
+    num_prompts: int = 64  # training prompts collected: the first ones of the prompt set, in file order
+    samples_per_prompt: int = 1  # policy responses sampled per prompt (each gives one row per step)
+    prompts_per_batch: int = 8  # prompts per engine batch and per Parquet shard (the unit of resume)
+    prover: str = "bok"  # policy | bok: the prover mu whose progress A^mu is the process reward
+    prover_k: int = 4  # K of the Best-of-K prover, Q^mu = 1 - (1 - Q^pi)^K (prover=bok)
+    splitter: str = "\\n"  # step splitter: \n (lines) | \n\n (paragraphs) | regex:<pattern> (steps end at matches)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -151,6 +163,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    pav: PavConfig = field(default_factory=PavConfig)
 
 
 CHOICES: dict[str, tuple] = {
@@ -172,6 +185,7 @@ CHOICES: dict[str, tuple] = {
     "data.source": ("synthetic", "file"),
     "data.chat_template": ("auto", "never", "always"),
     "logging.level": ("DEBUG", "INFO", "WARNING", "ERROR"),
+    "pav.prover": ("policy", "bok"),
 }
 
 # Fields that must be > 0 (or >= 0 where noted).
@@ -179,7 +193,8 @@ POSITIVE = (
     "parallel.tp", "parallel.pp", "parallel.cp", "parallel.ep", "rollout.n", "rollout.max_new_tokens",
     "rollout.temperature", "rollout.bucket_bytes", "data.prompts_per_step", "data.max_prompt_tokens",
     "trainer.total_steps", "trainer.mini_batches", "trainer.ppo_epochs", "trainer.micro_batch_tokens",
-    "model.logprob_chunk_tokens", "checkpoint.keep_last", "algo.tis_cap",
+    "model.logprob_chunk_tokens", "checkpoint.keep_last", "algo.tis_cap", "pav.n_mc", "pav.num_prompts",
+    "pav.samples_per_prompt", "pav.prompts_per_batch", "pav.prover_k",
 )
 NON_NEGATIVE = (
     "parallel.dp", "algo.beta", "algo.eps_low", "algo.eps_high", "algo.kl_coef", "algo.entropy_coef",
