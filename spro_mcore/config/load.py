@@ -151,6 +151,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.fp8 needs Transformer Engine: set model.transformer_impl=transformer_engine (or auto)")
     if cfg.parallel.sequence_parallel and cfg.parallel.tp == 1:
         raise ConfigError("parallel.sequence_parallel needs parallel.tp > 1")
+    if not 0 < cfg.pav.heldout_fraction < 1:
+        raise ConfigError(f"config key 'pav.heldout_fraction' must be in (0, 1), got {cfg.pav.heldout_fraction}")
     try:
         splitter_pattern(cfg.pav.splitter)
     except ValueError as e:

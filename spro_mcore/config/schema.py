@@ -149,6 +149,11 @@ class PavConfig:
     prompts_per_batch: int = 8  # prompts per engine batch and per Parquet shard (the unit of resume)
     prover: str = "bok"  # policy | bok: the prover mu whose progress A^mu is the process reward
     prover_k: int = 4  # K of the Best-of-K prover, Q^mu = 1 - (1 - Q^pi)^K (prover=bok)
+    verifier_dir: str = "outputs/pav/verifier"  # `pav train` output (HF-style verifier directory); search input
+    train_steps: int = 200  # verifier optimizer steps (optim.* sets lr, warm-up and schedule)
+    batch_size: int = 16  # sampled responses (all their steps) per verifier optimizer step
+    heldout_fraction: float = 0.1  # share of the collection's prompts held out for the verifier's eval metrics
+    eval_interval: int = 50  # held-out BCE / Brier / AUC every K steps (and at the end); 0 = only at the end
     splitter: str = "\\n"  # step splitter: \n (lines) | \n\n (paragraphs) | regex:<pattern> (steps end at matches)
 
 
@@ -194,10 +199,10 @@ POSITIVE = (
     "rollout.temperature", "rollout.bucket_bytes", "data.prompts_per_step", "data.max_prompt_tokens",
     "trainer.total_steps", "trainer.mini_batches", "trainer.ppo_epochs", "trainer.micro_batch_tokens",
     "model.logprob_chunk_tokens", "checkpoint.keep_last", "algo.tis_cap", "pav.n_mc", "pav.num_prompts",
-    "pav.samples_per_prompt", "pav.prompts_per_batch", "pav.prover_k",
+    "pav.samples_per_prompt", "pav.prompts_per_batch", "pav.prover_k", "pav.train_steps", "pav.batch_size",
 )
 NON_NEGATIVE = (
     "parallel.dp", "algo.beta", "algo.eps_low", "algo.eps_high", "algo.kl_coef", "algo.entropy_coef",
     "optim.lr", "optim.weight_decay", "optim.clip_grad", "optim.warmup_steps", "trainer.eval_interval",
-    "checkpoint.interval",
+    "checkpoint.interval", "pav.eval_interval",
 )

@@ -17,6 +17,7 @@ the head, the base policy and the step splitter.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -169,6 +170,17 @@ def _load_head(chunks, path) -> None:
     last.value_head.bias.copy_(tensors["value_head.bias"])
 
 
+@contextlib.contextmanager
+def _body_only(chunks):
+    last = unwrap(as_list(chunks)[-1])
+    head = last._modules.pop("value_head", None)
+    try:
+        yield
+    finally:
+        if head is not None:
+            last.value_head = head
+
+
 @torch.no_grad()
 def _head_tensors(chunks) -> dict[str, torch.Tensor]:
     """The value head's tensors on every rank (broadcast from the last pipeline stage)."""
@@ -194,8 +206,9 @@ def export_verifier(chunks, arch, base_dir: str, out_dir: str, info: dict, *, wr
 
     from spro_mcore.models.export import export_hf_weights
 
-    tensors = {name: t.detach().cpu().clone() for name, t in export_hf_weights(chunks, arch)}
     head = _head_tensors(chunks)
+    with _body_only(chunks):  # the HF weight map knows the policy's parameters, not the head
+        tensors = {name: t.detach().cpu().clone() for name, t in export_hf_weights(chunks, arch)}
     if not write:
         return
     out = Path(out_dir)
