@@ -1,4 +1,4 @@
-"""`spro-mcore train | convert | eval | export | pav collect | pav train | config`: the command-line entry point.
+"""`spro-mcore train | convert | eval | export | pav collect|train|score | config`: the command-line entry point.
 
 Bad input (config, data, checkpoint) ends with one line on stderr naming the problem and a non-zero exit.
 """
@@ -42,6 +42,10 @@ def _pav(args) -> int:
         from spro_mcore.pav.train import train_main
 
         return train_main(args.config, args.overrides)
+    if args.pav_command == "score":
+        from spro_mcore.pav.score import score_main
+
+        return score_main(args.config, args.overrides)
     raise AssertionError(args.pav_command)
 
 
@@ -79,12 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
                          add_help=False)
     exp.add_argument("export_args", nargs=argparse.REMAINDER)
     exp.set_defaults(fn=_export)
-    pav = sub.add_parser("pav", help="process advantage verifiers: collect Monte-Carlo progress targets, train the verifier")
+    pav = sub.add_parser("pav", help="process advantage verifiers: collect Monte-Carlo progress targets, train and score")
     pav_sub = pav.add_subparsers(dest="pav_command", metavar="PAV_COMMAND", required=True)
     with_config(pav_sub.add_parser("collect", help="sample responses, estimate each step prefix's Q-hat (Parquet)")
                 ).set_defaults(fn=_pav)
     with_config(pav_sub.add_parser("train", help="train the verifier (value head on the policy) on a collection "
                                                  "(under torchrun for TP/PP/DP > 1)")).set_defaults(fn=_pav)
+    with_config(pav_sub.add_parser("score", help="per-step Q and progress of given responses under a trained verifier")
+                ).set_defaults(fn=_pav)
     with_config(sub.add_parser("config", help="print the resolved, validated configuration")).set_defaults(fn=_config)
     return parser
 

@@ -123,3 +123,38 @@ def test_bad_input(setup, tmp_path, capsys):
     refused("pav.heldout_fraction=0", what="pav.heldout_fraction")
     with pytest.raises(UserError, match="not a PAV verifier"):
         load_verifier(str(policy))  # an HF policy directory: no value head
+
+
+def _score_cli(args):
+    return cli_main(["pav", "score", *args])
+
+
+def test_score_gives_the_verifiers_per_step_predictions(setup, trained, tmp_path):
+    from transformers import AutoTokenizer
+
+    from spro_mcore.pav.train import load_training_data
+
+    root, policy, _, train = setup
+    out = run_in_processes(_reload, 1, train, timeout=300)[0]
+    _, _, _, heldout = load_training_data(load_config(None, train))
+    tok = AutoTokenizer.from_pretrained(policy)
+    rows = []
+    for r in heldout:
+        prompt_len = r.read_pos[0] + 1
+        rows.append({"prompt": tok.decode(r.input_ids[:prompt_len]),
+                     "response": tok.decode(r.input_ids[prompt_len:], skip_special_tokens=True)})
+    src = tmp_path / "responses.jsonl"
+    src.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    assert run_in_processes(_score_cli, 1, train + [f"pav.score_input={src}"], timeout=300)[0] == 0
+    scored = [json.loads(line) for line in (tmp_path / "responses.scores.jsonl").read_text().splitlines()]
+    assert len(scored) == len(heldout)
+    q_ref = torch.sigmoid(out["logits"]).double()
+    for i, (s, r) in enumerate(zip(scored, heldout)):
+        if r.input_ids[-1] == tok.eos_token_id:  # the text form drops EOS: its last read moves one token back
+            continue
+        n = len(r.read_pos)
+        assert len(s["q"]) == n and len(s["steps"]) == n - 1
+        torch.testing.assert_close(torch.tensor(s["q"], dtype=torch.float64), q_ref[i, :n], atol=1e-5, rtol=1e-5)
+        q_mu = 1 - (1 - torch.tensor(s["q"], dtype=torch.float64)) ** 4
+        torch.testing.assert_close(torch.tensor(s["progress"], dtype=torch.float64), q_mu[1:] - q_mu[:-1])
+    assert any(r.input_ids[-1] != tok.eos_token_id for r in heldout)
