@@ -1,4 +1,4 @@
-"""`spro-mcore train | convert | eval | export | pav collect|train|score | config`: the command-line entry point.
+"""`spro-mcore train | convert | eval | export | pav collect|train|score | search | config`: the command-line entry point.
 
 Bad input (config, data, checkpoint) ends with one line on stderr naming the problem and a non-zero exit.
 """
@@ -49,6 +49,12 @@ def _pav(args) -> int:
     raise AssertionError(args.pav_command)
 
 
+def _search(args) -> int:
+    from spro_mcore.pav.search_cmd import search_main
+
+    return search_main(args.config, args.overrides)
+
+
 def _config(args) -> int:
     from spro_mcore.config import load_config, to_yaml
 
@@ -91,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(under torchrun for TP/PP/DP > 1)")).set_defaults(fn=_pav)
     with_config(pav_sub.add_parser("score", help="per-step Q and progress of given responses under a trained verifier")
                 ).set_defaults(fn=_pav)
+    with_config(sub.add_parser("search", help="PAV beam search vs best-of-N and majority vote at equal generated "
+                                              "tokens (results.json + PNG)")).set_defaults(fn=_search)
     with_config(sub.add_parser("config", help="print the resolved, validated configuration")).set_defaults(fn=_config)
     return parser
 

@@ -160,6 +160,15 @@ class PavConfig:
 
 
 @dataclass
+class SearchConfig:
+    beam_width: int = 4  # N: beam elements kept after every step
+    candidates: int = 3  # C: next steps proposed per beam element per step
+    alpha: float = 0.5  # candidates ranked by Q^pi + alpha * A^mu (mu = pav.prover)
+    num_prompts: int = 32  # held-out prompts searched (the first ones of the test split / data.eval_path)
+    output_dir: str = "outputs/pav/search"  # results.json (accuracy vs generated tokens) and results.png
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -171,6 +180,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     pav: PavConfig = field(default_factory=PavConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 CHOICES: dict[str, tuple] = {
@@ -202,9 +212,10 @@ POSITIVE = (
     "trainer.total_steps", "trainer.mini_batches", "trainer.ppo_epochs", "trainer.micro_batch_tokens",
     "model.logprob_chunk_tokens", "checkpoint.keep_last", "algo.tis_cap", "pav.n_mc", "pav.num_prompts",
     "pav.samples_per_prompt", "pav.prompts_per_batch", "pav.prover_k", "pav.train_steps", "pav.batch_size",
+    "search.beam_width", "search.candidates", "search.num_prompts",
 )
 NON_NEGATIVE = (
     "parallel.dp", "algo.beta", "algo.eps_low", "algo.eps_high", "algo.kl_coef", "algo.entropy_coef",
     "optim.lr", "optim.weight_decay", "optim.clip_grad", "optim.warmup_steps", "trainer.eval_interval",
-    "checkpoint.interval", "pav.eval_interval",
+    "checkpoint.interval", "pav.eval_interval", "search.alpha",
 )
