@@ -154,8 +154,7 @@ class PavConfig:
     batch_size: int = 16  # sampled responses (all their steps) per verifier optimizer step
     heldout_fraction: float = 0.1  # share of the collection's prompts held out for the verifier's eval metrics
     eval_interval: int = 50  # held-out BCE / Brier / AUC every K steps (and at the end); 0 = only at the end
-    score_input: str = ""  # `pav score` input: JSONL rows with "prompt" and "response" strings
-    score_output: str = ""  # `pav score` output JSONL ("" = <score_input stem>.scores.jsonl beside it)
+    score_input: str = ""  # `pav score` input: JSONL rows of "prompt" and "response" (output: <stem>.scores.jsonl)
     splitter: str = "\\n"  # step splitter: \n (lines) | \n\n (paragraphs) | regex:<pattern> (steps end at matches)
 
 

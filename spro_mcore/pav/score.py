@@ -81,7 +81,7 @@ def score_main(config_path, overrides) -> int:
     if info.get("splitter") != canonical_splitter(p.splitter):
         raise UserError(f"the verifier in {p.verifier_dir} reads steps split by {info.get('splitter')}, "
                         f"not pav.splitter={canonical_splitter(p.splitter)}")
-    output = Path(p.score_output or Path(p.score_input).with_suffix(".scores.jsonl"))
+    output = Path(p.score_input).with_suffix(".scores.jsonl")
     cfg, layout = _start(config_path, overrides)
     try:
         tokenizer = AutoTokenizer.from_pretrained(p.verifier_dir)

@@ -96,3 +96,39 @@ def test_bad_input(policy, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "not a PAV verifier" in err
     assert cli_main(["search", "search.candidates=0"]) == 2
     assert "search.candidates" in capsys.readouterr().err
+
+
+def _export_untrained(policy, out):
+    from spro_mcore.parallel import initialize_model_parallel
+    from spro_mcore.pav.dataset import policy_fingerprint
+    from spro_mcore.pav.verifier import build_verifier, export_verifier
+
+    initialize_model_parallel(1, 1)
+    chunks, arch, _ = build_verifier(policy, seed=3)
+    export_verifier(chunks, arch, policy, out, {"base_policy": policy, "base_policy_fingerprint":
+                                                policy_fingerprint(policy), "splitter": "\\n"}, write=True)
+
+
+def _search_cli(args):
+    return cli_main(["search", *args])
+
+
+def test_search_command_writes_the_comparison(policy, tmp_path):
+    from tests.pav.test_collect import REWARD
+    from tests.pav.tiny_vocab import write_prompts
+
+    run_in_processes(_export_untrained, 1, str(policy), str(tmp_path / "verifier"), timeout=300)
+    prompts = write_prompts(tmp_path / "prompts.jsonl")
+    args = [f"model.path={policy}", "data.source=file", f"data.train_path={prompts}", f"data.eval_path={prompts}",
+            f"data.reward_fn={REWARD}", "data.chat_template=never", "rollout.max_new_tokens=5",
+            f"pav.verifier_dir={tmp_path / 'verifier'}", "search.beam_width=2", "search.candidates=2",
+            "search.num_prompts=6", f"search.output_dir={tmp_path / 'out'}", "logging.level=WARNING"]
+    assert run_in_processes(_search_cli, 1, args, timeout=300)[0] == 0
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    beam = [r for r in rows if r["method"] == "pav_beam_search"]
+    best = [r for r in rows if r["method"] == "best_of_n"]
+    assert len(beam) == 1 and beam[0]["beam_width"] == 2 and beam[0]["candidates"] == 2
+    assert [r["n"] for r in best] == [2 ** i for i in range(len(best))]
+    assert best[-1]["generated_tokens"] >= beam[0]["generated_tokens"] > best[0]["generated_tokens"]
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+    assert (tmp_path / "out" / "results.png").is_file()
