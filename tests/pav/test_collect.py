@@ -21,6 +21,8 @@ from spro_mcore.pav import collect as collect_mod
 from spro_mcore.pav.collect import collect
 from tests.pav.tiny_vocab import non_a_chars, exact_q, make_policy, write_prompts
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[2]
 REWARD = "tests.pav.tiny_vocab:non_a_chars"
 

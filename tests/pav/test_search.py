@@ -14,6 +14,8 @@ from spro_mcore.rollout.engine import SamplingParams
 from tests.multiproc import run_in_processes
 from tests.pav.tiny_vocab import make_policy
 
+pytestmark = pytest.mark.dist
+
 PROMPTS = [[1, 3], [2, 3], [1, 2, 3], [2, 3, 2, 3]]  # "a\n", "b\n", "ab\n", "b\nb\n"
 
 

@@ -18,6 +18,8 @@ from tests.multiproc import run_in_processes
 from tests.pav.test_collect import overrides
 from tests.pav.tiny_vocab import make_policy, write_prompts
 
+pytestmark = pytest.mark.dist
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
