@@ -160,3 +160,29 @@ def test_score_gives_the_verifiers_per_step_predictions(setup, trained, tmp_path
         q_mu = 1 - (1 - torch.tensor(s["q"], dtype=torch.float64)) ** 4
         torch.testing.assert_close(torch.tensor(s["progress"], dtype=torch.float64), q_mu[1:] - q_mu[:-1])
     assert any(r.input_ids[-1] != tok.eos_token_id for r in heldout)
+
+
+def _train_layout(overrides, tp, pp):
+    from spro_mcore.parallel import initialize_model_parallel, layout, seed_everything
+    from spro_mcore.pav.train import train_verifier
+
+    initialize_model_parallel(tp, pp)
+    cfg = load_config(None, overrides)
+    seed_everything(cfg.trainer.seed)
+    return train_verifier(cfg, layout())
+
+
+@pytest.mark.parametrize("tp,pp", [(1, 1), (1, 2)])  # 2 processes: DP=2, and PP=2
+def test_parallel_training_equals_one_process(setup, tp, pp):
+    root, _, _, train = setup
+    short = [a for a in train if not a.startswith(("pav.train_steps", "pav.eval_interval", "pav.verifier_dir"))] + [
+        "pav.train_steps=4", "pav.eval_interval=2"]
+    ref = run_in_processes(_train_layout, 1, short + [f"pav.verifier_dir={root / 'ref'}"], 1, 1, timeout=300)[0]
+    out = run_in_processes(_train_layout, 2, short + [f"pav.verifier_dir={root / f'par{tp}{pp}'}"], tp, pp,
+                           timeout=400)
+    rows = lambda d: [json.loads(line) for line in (root / d / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(rows("ref"), rows(f"par{tp}{pp}")):
+        for k in ("train/loss", "eval/bce", "eval/brier"):
+            if k in a:
+                assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), (k, a["step"])
+    assert len(rows(f"par{tp}{pp}")) == 4 and out[0]["eval/bce"] == pytest.approx(ref["eval/bce"], rel=1e-4)
