@@ -1,4 +1,4 @@
-"""`spro-mcore train | convert | eval | config`: the command-line entry point.
+"""`spro-mcore train | convert | eval | export | pav collect|train|score | search | config`: the command-line entry point.
 
 Bad input (config, data, checkpoint) ends with one line on stderr naming the problem and a non-zero exit.
 """
@@ -37,6 +37,28 @@ def _export(args) -> int:
     return export_main(args.export_args)
 
 
+def _pav(args) -> int:
+    if args.pav_command == "collect":
+        from spro_mcore.pav.collect import collect_main
+
+        return collect_main(args.config, args.overrides)
+    if args.pav_command == "train":
+        from spro_mcore.pav.train import train_main
+
+        return train_main(args.config, args.overrides)
+    if args.pav_command == "score":
+        from spro_mcore.pav.score import score_main
+
+        return score_main(args.config, args.overrides)
+    raise AssertionError(args.pav_command)
+
+
+def _search(args) -> int:
+    from spro_mcore.pav.search_cmd import search_main
+
+    return search_main(args.config, args.overrides)
+
+
 def _config(args) -> int:
     from spro_mcore.config import load_config, to_yaml
 
@@ -71,6 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
                          add_help=False)
     exp.add_argument("export_args", nargs=argparse.REMAINDER)
     exp.set_defaults(fn=_export)
+    pav = sub.add_parser("pav", help="process advantage verifiers: collect Monte-Carlo progress targets, train and score")
+    pav_sub = pav.add_subparsers(dest="pav_command", metavar="PAV_COMMAND", required=True)
+    with_config(pav_sub.add_parser("collect", help="sample responses, estimate each step prefix's Q-hat (Parquet)")
+                ).set_defaults(fn=_pav)
+    with_config(pav_sub.add_parser("train", help="train the verifier (value head on the policy) on a collection "
+                                                 "(under torchrun for TP/PP/DP > 1)")).set_defaults(fn=_pav)
+    with_config(pav_sub.add_parser("score", help="per-step Q and progress of given responses under a trained verifier")
+                ).set_defaults(fn=_pav)
+    with_config(sub.add_parser("search", help="PAV beam search vs best-of-N and majority vote at equal generated "
+                                              "tokens (results.json + PNG)")).set_defaults(fn=_search)
     with_config(sub.add_parser("config", help="print the resolved, validated configuration")).set_defaults(fn=_config)
     return parser
 

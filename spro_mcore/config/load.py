@@ -14,6 +14,7 @@ from typing import Any, Iterable, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from spro_mcore.algo.step_split import splitter_pattern
 from spro_mcore.config.ranges import RangeError, check_ranges, check_samples_per_step
 from spro_mcore.config.schema import CHOICES, NON_NEGATIVE, POSITIVE, Config
 from spro_mcore.errors import UserError
@@ -188,6 +189,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError("algo.old_logprobs=engine makes the trainer/engine ratio 1 by construction: algo.tis and "
                           "algo.mis need algo.old_logprobs=recompute (with engine log-probs the PPO ratio itself "
                           "is against the engine)")
+    if not 0 < cfg.pav.heldout_fraction < 1:
+        raise ConfigError(f"config key 'pav.heldout_fraction' must be in (0, 1), got {cfg.pav.heldout_fraction}")
+    try:
+        splitter_pattern(cfg.pav.splitter)
+    except ValueError as e:
+        raise ConfigError(f"config key 'pav.splitter': {e}") from None
     if cfg.rollout.n < 2 and cfg.algo.estimator in ("spro", "grpo"):
         raise ConfigError(f"rollout.n = {cfg.rollout.n}: group-relative estimators need at least 2 samples per prompt")
 

@@ -146,6 +146,33 @@ class LoggingConfig:
 
 
 @dataclass
+class PavConfig:
+    data_dir: str = "outputs/pav/data"  # `pav collect` output (Parquet shards + manifest.json)
+    n_mc: int = 8  # continuations sampled after every step prefix to estimate its Q-hat (temperature 1)
+    num_prompts: int = 64  # training prompts collected: the first ones of the prompt set, in file order
+    samples_per_prompt: int = 1  # policy responses sampled per prompt (each gives one row per step)
+    prompts_per_batch: int = 8  # prompts per engine batch and per Parquet shard (the unit of resume)
+    prover: str = "bok"  # policy | bok: the prover mu whose progress A^mu is the process reward
+    prover_k: int = 4  # K of the Best-of-K prover, Q^mu = 1 - (1 - Q^pi)^K (prover=bok)
+    verifier_dir: str = "outputs/pav/verifier"  # `pav train` output (HF-style verifier directory); search input
+    train_steps: int = 200  # verifier optimizer steps (optim.* sets lr, warm-up and schedule)
+    batch_size: int = 16  # sampled responses (all their steps) per verifier optimizer step
+    heldout_fraction: float = 0.1  # share of the collection's prompts held out for the verifier's eval metrics
+    eval_interval: int = 50  # held-out BCE / Brier / AUC every K steps (and at the end); 0 = only at the end
+    score_input: str = ""  # `pav score` input: JSONL rows of "prompt" and "response" (output: <stem>.scores.jsonl)
+    splitter: str = "\\n"  # step splitter: \n (lines) | \n\n (paragraphs) | regex:<pattern> (steps end at matches)
+
+
+@dataclass
+class SearchConfig:
+    beam_width: int = 4  # N: beam elements kept after every step
+    candidates: int = 3  # C: next steps proposed per beam element per step
+    alpha: float = 0.5  # candidates ranked by Q^pi + alpha * A^mu (mu = pav.prover)
+    num_prompts: int = 32  # held-out prompts searched (the first ones of the test split / data.eval_path)
+    output_dir: str = "outputs/pav/search"  # results.json (accuracy vs generated tokens) and results.png
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -156,6 +183,8 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    pav: PavConfig = field(default_factory=PavConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 CHOICES: dict[str, tuple] = {
@@ -179,6 +208,7 @@ CHOICES: dict[str, tuple] = {
     "data.source": ("synthetic", "file"),
     "data.chat_template": ("auto", "never", "always"),
     "logging.level": ("DEBUG", "INFO", "WARNING", "ERROR"),
+    "pav.prover": ("policy", "bok"),
 }
 
 # Fields that must be > 0 (or >= 0 where noted).
@@ -186,10 +216,12 @@ POSITIVE = (
     "parallel.tp", "parallel.pp", "parallel.cp", "parallel.ep", "rollout.n", "rollout.max_new_tokens",
     "rollout.temperature", "rollout.bucket_bytes", "data.prompts_per_step", "data.max_prompt_tokens",
     "trainer.total_steps", "trainer.mini_batches", "trainer.ppo_epochs", "trainer.micro_batch_tokens",
-    "model.logprob_chunk_tokens", "checkpoint.keep_last", "algo.tis_cap", "algo.mis_low",
+    "model.logprob_chunk_tokens", "checkpoint.keep_last", "algo.tis_cap", "algo.mis_low", "pav.n_mc", "pav.num_prompts",
+    "pav.samples_per_prompt", "pav.prompts_per_batch", "pav.prover_k", "pav.train_steps", "pav.batch_size",
+    "search.beam_width", "search.candidates", "search.num_prompts",
 )
 NON_NEGATIVE = (
     "parallel.dp", "algo.beta", "algo.eps_low", "algo.eps_high", "algo.kl_coef", "algo.entropy_coef",
     "optim.lr", "optim.weight_decay", "optim.clip_grad", "optim.warmup_steps", "trainer.eval_interval",
-    "checkpoint.interval",
+    "checkpoint.interval", "pav.eval_interval", "search.alpha",
 )

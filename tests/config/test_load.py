@@ -96,8 +96,24 @@ def test_cli_misspelt_key_exits_nonzero_with_one_line():
 def test_cli_help_lists_subcommands():
     r = subprocess.run([sys.executable, "-m", "spro_mcore.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0
-    for cmd in ("train", "convert", "eval", "config"):
+    for cmd in ("train", "convert", "eval", "config", "pav", "search"):
         assert cmd in r.stdout
+    r = subprocess.run([sys.executable, "-m", "spro_mcore.cli", "pav", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and all(cmd in r.stdout for cmd in ("collect", "train", "score"))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("pav.prover=oracle", "'pav.prover' = 'oracle' is not one of: policy, bok"),
+    ("pav.n_mc=0", "'pav.n_mc' must be > 0"),
+    ("pav.heldout_fraction=1.0", "'pav.heldout_fraction' must be in (0, 1)"),
+    ("pav.splitter=regex:(", "'pav.splitter': splitter 'regex:(': not a valid regular expression"),
+    ("search.beam_width=0", "'search.beam_width' must be > 0"),
+    ("search.alpha=-1", "'search.alpha' must be >= 0"),
+])
+def test_pav_and_search_sections_are_validated(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert message in str(e.value)
 
 
 @pytest.mark.parametrize("overrides, message", [

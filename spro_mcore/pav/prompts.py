@@ -1,0 +1,44 @@
+"""The prompt set of a PAV command: the configured data (data.source) in file order, the first `count` prompts.
+
+The synthetic task is written to `<folder>/synthetic_<split>.jsonl` (deterministic from trainer.seed, as in
+training) and read back like any user file, so the prompts are exactly the trainer's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spro_mcore.config.schema import Config
+from spro_mcore.data import PromptItem, load_prompt_dataset
+from spro_mcore.data.synthetic_arithmetic import write_split_jsonl
+from spro_mcore.errors import UserError
+
+
+def prompt_set_id(cfg: Config, split: str) -> str:
+    """What names the prompt set in manifests: the file's absolute path, or the synthetic split's recipe."""
+    d = cfg.data
+    if d.source == "file":
+        path = d.train_path if split == "train" else d.eval_path
+        if not path:
+            raise UserError("data.source=file: set data.eval_path for the held-out prompts")
+        return str(Path(path).resolve())
+    size = d.synthetic_train_size if split == "train" else d.synthetic_eval_size
+    return f"synthetic:{split}:{size}:seed={cfg.trainer.seed}"
+
+
+def load_prompt_set(cfg: Config, tokenizer, folder: str | Path, *, split: str, count: int) -> list[PromptItem]:
+    """The first `count` prompts of the split (train | test); the synthetic task is written under `folder`."""
+    d = cfg.data
+    if d.source == "file":
+        path = d.train_path if split == "train" else d.eval_path
+    else:
+        size = d.synthetic_train_size if split == "train" else d.synthetic_eval_size
+        path = Path(folder) / f"synthetic_{split}.jsonl"
+        write_split_jsonl(path, split, size, seed=cfg.trainer.seed)
+    template = {"auto": None, "always": True, "never": False}[d.chat_template]
+    dataset = load_prompt_dataset(path, tokenizer, prompt_key=d.prompt_key, messages_key=d.messages_key,
+                                  answer_key=d.answer_key, max_prompt_length=d.max_prompt_tokens,
+                                  chat_template=template)
+    if count > len(dataset):
+        raise UserError(f"{count} prompts asked for, but the prompt set {path} has {len(dataset)} usable prompts")
+    return list(dataset.items[:count])
