@@ -53,7 +53,7 @@ class RolloutConfig:
     weight_sync: str = "auto"  # auto | tensors (in process) | folder (safetensors) | nccl (broadcast)
     weight_sync_dir: str = ""  # folder transport location; "" = <output_dir>/weight_sync (or /dev/shm)
     bucket_bytes: int = 536870912  # bytes per weight-sync bucket
-    sleep_when_idle: bool = True  # colocated engines release memory during the update
+    sleep_when_idle: bool = False  # engines free weights + KV cache during the Megatron passes (vLLM: CUDA only)
     request_timeout_s: float = 600.0  # HTTP timeout per engine request
     max_retries: int = 3  # engine request retries (with back-off) before the run stops
 
