@@ -59,8 +59,9 @@ class Trainer:
             except EngineError as e:  # tell the rest of the model-parallel group, or they wait forever
                 batch = e
             batch = self._share_batch(batch)
-            if self.sleep_when_idle:  # colocated engines free their memory for the Megatron passes
-                self.engine.sleep()
+            if self.sleep_when_idle:  # the engine frees its memory for the Megatron passes
+                with timer("engine_sleep"):
+                    self.engine.sleep()
 
             with timer("logprob"):
                 old_logprobs, entropy = self.actor.logprobs(batch, with_entropy=True)
@@ -76,7 +77,8 @@ class Trainer:
                 update_metrics = self.actor.update(batch, advantages, old_logprobs, ref_logprobs)
 
             if self.sleep_when_idle:  # back before the weight sync refills it
-                self.engine.wake()
+                with timer("engine_wake"):
+                    self.engine.wake()
             with timer("weight_sync"):
                 sync_metrics = self._sync_weights()
         self.step_no += 1
