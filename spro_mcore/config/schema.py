@@ -179,7 +179,7 @@ POSITIVE = (
     "parallel.tp", "parallel.pp", "parallel.cp", "parallel.ep", "rollout.n", "rollout.max_new_tokens",
     "rollout.temperature", "rollout.bucket_bytes", "data.prompts_per_step", "data.max_prompt_tokens",
     "trainer.total_steps", "trainer.mini_batches", "trainer.ppo_epochs", "trainer.micro_batch_tokens",
-    "model.logprob_chunk_tokens", "checkpoint.keep_last", "algo.tis_cap",
+    "model.logprob_chunk_tokens", "checkpoint.keep_last", "algo.tis_cap", "rollout.engine_tp",
 )
 NON_NEGATIVE = (
     "parallel.dp", "algo.beta", "algo.eps_low", "algo.eps_high", "algo.kl_coef", "algo.entropy_coef",

@@ -31,11 +31,6 @@ def _start(config_path, overrides):
     if cfg.data.prompts_per_step % dp:
         raise UserError(f"data.prompts_per_step = {cfg.data.prompts_per_step} is not divisible by the "
                         f"data-parallel size {dp}: every replica takes the same number of prompts")
-    r = cfg.rollout
-    if r.engine == "vllm" and r.mode == "colocated" and dist.get_world_size() > 1 and cfg.parallel.tp % r.engine_tp:
-        # vLLM groups consecutive ranks into engines: one must stay inside a tensor-parallel group (one replica)
-        raise UserError(f"rollout.engine_tp = {r.engine_tp} must divide parallel.tp = {cfg.parallel.tp} for "
-                        "colocated vLLM in a multi-rank job (each engine lives inside one tensor-parallel group)")
     p = cfg.parallel
     layout = initialize_model_parallel(tp=p.tp, pp=p.pp, cp=p.cp, ep=p.ep, vpp=p.vpp, timeout_minutes=p.timeout_minutes)
     seed_everything(cfg.trainer.seed)
