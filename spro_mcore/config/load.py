@@ -218,6 +218,11 @@ def validate_world_size(cfg: Config, world_size: int) -> int:
             f"parallel.tp x parallel.pp x parallel.cp x parallel.dp = {p.tp} x {p.pp} x {p.cp} x {p.dp} = "
             f"{model_parallel * p.dp} does not match the world size {world_size} (set parallel.dp={dp} or 0)"
         )
+    r = cfg.rollout
+    if r.engine == "vllm" and r.mode == "colocated" and world_size > 1 and p.tp % r.engine_tp:
+        # vLLM groups consecutive ranks into engines: each must stay inside one tensor-parallel group (one replica)
+        raise ConfigError(f"rollout.engine_tp = {r.engine_tp} must divide parallel.tp = {p.tp} for colocated vLLM "
+                          "in a multi-rank job (each engine lives inside one tensor-parallel group)")
     return dp
 
 

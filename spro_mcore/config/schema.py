@@ -53,7 +53,7 @@ class RolloutConfig:
     weight_sync: str = "auto"  # auto | tensors (in process) | folder (safetensors) | nccl (broadcast)
     weight_sync_dir: str = ""  # folder transport location; "" = <output_dir>/weight_sync (or /dev/shm)
     bucket_bytes: int = 536870912  # bytes per weight-sync bucket
-    sleep_when_idle: bool = True  # colocated engines release memory during the update
+    sleep_when_idle: bool = False  # engines free weights + KV cache during the Megatron passes (vLLM: CUDA only)
     request_timeout_s: float = 600.0  # HTTP timeout per engine request
     max_retries: int = 3  # engine request retries (with back-off) before the run stops
 
@@ -216,7 +216,7 @@ POSITIVE = (
     "parallel.tp", "parallel.pp", "parallel.cp", "parallel.ep", "rollout.n", "rollout.max_new_tokens",
     "rollout.temperature", "rollout.bucket_bytes", "data.prompts_per_step", "data.max_prompt_tokens",
     "trainer.total_steps", "trainer.mini_batches", "trainer.ppo_epochs", "trainer.micro_batch_tokens",
-    "model.logprob_chunk_tokens", "checkpoint.keep_last", "algo.tis_cap", "algo.mis_low", "pav.n_mc", "pav.num_prompts",
+    "model.logprob_chunk_tokens", "checkpoint.keep_last", "algo.tis_cap", "algo.mis_low", "rollout.engine_tp", "pav.n_mc", "pav.num_prompts",
     "pav.samples_per_prompt", "pav.prompts_per_batch", "pav.prover_k", "pav.train_steps", "pav.batch_size",
     "search.beam_width", "search.candidates", "search.num_prompts",
 )

