@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from spro_mcore.config.schema import CHOICES, NON_NEGATIVE, POSITIVE, Config
+from spro_mcore.config.unwired import refuse_unwired
 from spro_mcore.errors import UserError
 
 
@@ -152,6 +153,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("parallel.sequence_parallel needs parallel.tp > 1")
     if cfg.rollout.n < 2 and cfg.algo.estimator in ("spro", "grpo"):
         raise ConfigError(f"rollout.n = {cfg.rollout.n}: group-relative estimators need at least 2 samples per prompt")
+    refuse_unwired(cfg)
 
 
 def validate_world_size(cfg: Config, world_size: int) -> int:

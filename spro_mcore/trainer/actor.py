@@ -40,7 +40,8 @@ class MegatronActor:
         from spro_mcore.models.loader import load_model
 
         self.cfg = cfg
-        chunks, self.arch = load_model(model_path, cfg.model)
+        sp = dict(sequence_parallel=cfg.parallel.sequence_parallel)  # reaches TransformerConfig (TE only)
+        chunks, self.arch = load_model(model_path, cfg.model, **sp)
         for c in chunks:
             c.config.calculate_per_token_loss = True  # see the module docstring
         ddp_cfg = DistributedDataParallelConfig(
@@ -68,13 +69,13 @@ class MegatronActor:
         self._ref_chunks = None
         self._ref_tensors: Optional[list[torch.Tensor]] = None
         if cfg.model.reference_mode == "separate":
-            self._ref_chunks, _ = load_model(reference_path, cfg.model)
+            self._ref_chunks, _ = load_model(reference_path, cfg.model, **sp)
             for c in self._ref_chunks:
                 c.requires_grad_(False)
         elif reference_path == model_path:
             self._ref_tensors = [p.detach().clone() for p in self._params()]
         else:
-            ref_chunks, _ = load_model(reference_path, cfg.model)
+            ref_chunks, _ = load_model(reference_path, cfg.model, **sp)
             self._ref_tensors = [p.detach().clone() for c in ref_chunks for p in c.parameters()]
             del ref_chunks
 
@@ -139,10 +140,11 @@ class MegatronActor:
                ref_logprobs: torch.Tensor) -> dict[str, float]:
         """`ppo_epochs` passes over `mini_batches` mini-batches, one optimizer step each. Returns the
         metrics of the loss (token-weighted over the whole batch) plus grad norm, LR and skipped updates."""
+        from megatron.core.distributed import finalize_model_grads
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         from spro_mcore.algo.policy_loss import ppo_policy_loss
-        from spro_mcore.models.logprobs import make_forward_step
+        from spro_mcore.models.logprobs import make_forward_step, micro_batch_multiple, model_seq_length
 
         a = self.cfg.algo
         loss_options = dict(
@@ -153,14 +155,15 @@ class MegatronActor:
         fields = dict(advantages=advantages, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
                       engine_logprobs=batch.engine_logprobs, response_mask=batch.response_mask.float())
         mbs = self.micro_batch_size(batch)
-        seq = batch.input_ids.shape[1]
+        seq = model_seq_length(batch.input_ids.shape[1], self.model)
+        count_multiple = micro_batch_multiple(self.model)
         step_metrics: list[dict] = []
         grad_norms, skipped = [], 0
         for _ in range(self.cfg.trainer.ppo_epochs):
             for rows in split_even(len(batch), self.cfg.trainer.mini_batches):
                 idx = torch.tensor(list(rows))
                 counts = self._global_counts(batch.response_mask[idx])
-                micro = _micro_batches(batch, fields, idx, mbs)
+                micro = _micro_batches(batch, fields, idx, mbs, count_multiple)
 
                 def loss_fn(mb, logprobs, entropy, counts=counts):
                     # this micro-batch's additive share of the mini-batch loss (global counts)
@@ -184,8 +187,9 @@ class MegatronActor:
                         model=self.model, num_microbatches=len(micro), seq_length=seq, micro_batch_size=mbs,
                         forward_only=False,
                     )
-                for m in self.model:
-                    m.finish_grad_sync()
+                # DP reduction, plus what megatron's training loop does after the schedule: the tied
+                # embedding's first- and last-stage grads summed (PP > 1), norm grads over TP (sequence parallel)
+                finalize_model_grads(self.model)
                 if self._grads_finite():
                     _, grad_norm, _ = self.optimizer.step()
                     self.scheduler.step(increment=1)
@@ -241,11 +245,13 @@ def _sum_shares(outputs: list[dict]) -> dict[str, float]:
     return out
 
 
-def _micro_batches(batch: RolloutBatch, fields: dict[str, torch.Tensor], idx: torch.Tensor, mbs: int) -> list[dict]:
-    """Micro-batches of exactly `mbs` rows (pipeline p2p needs one shape); the last is padded with rows that
-    have no response tokens, which contribute nothing to the loss."""
+def _micro_batches(batch: RolloutBatch, fields: dict[str, torch.Tensor], idx: torch.Tensor, mbs: int,
+                   count_multiple: int = 1) -> list[dict]:
+    """Micro-batches of exactly `mbs` rows (pipeline p2p needs one shape), as many as a multiple of
+    `count_multiple` (the interleaved schedule's group size); padding rows have no response tokens and
+    contribute nothing to the loss."""
     rows = idx.tolist()
-    pad = (-len(rows)) % mbs
+    pad = (-len(rows)) % (mbs * count_multiple)
     out = []
     for start in range(0, len(rows) + pad, mbs):
         part = rows[start:start + mbs]
