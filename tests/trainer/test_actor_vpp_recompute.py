@@ -72,6 +72,18 @@ def _run(pp: int, vpp, recompute: bool, hf_dir: str, rows_per_micro: int = 2):
             "grad_norm": metrics["train/grad_norm"], "delta": delta}
 
 
+def _runs(layouts: list[tuple], hf_dir: str) -> list[dict]:
+    """`_run` for each (pp, vpp, recompute) in one set of processes (process starts dominate the time)."""
+    from megatron.core import parallel_state as mpu
+
+    out = []
+    for pp, vpp, recompute in layouts:
+        if mpu.model_parallel_is_initialized():
+            mpu.destroy_model_parallel()
+        out.append(_run(pp, vpp, recompute, hf_dir))
+    return out
+
+
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     return tiny_hf.make_tiny(str(tmp_path_factory.mktemp("hf") / "qwen2"), "qwen2", tied=True, vocab=301,
@@ -79,8 +91,14 @@ def hf_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def plain(hf_dir):
-    return run_in_processes(_run, 1, 1, None, False, hf_dir)[0]
+def single(hf_dir):
+    """(plain, recompute_activations) at PP=1."""
+    return run_in_processes(_runs, 1, [(1, None, False), (1, None, True)], hf_dir)[0]
+
+
+@pytest.fixture(scope="module")
+def plain(single):
+    return single[0]
 
 
 def _assert_same(got: dict, ref: dict):
@@ -100,15 +118,16 @@ def test_update_moves_the_policy(plain):
     assert (plain["new_lp"] - plain["old_lp"]).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("vpp", [None, 2], ids=["pp2", "pp2_vpp2"])
-def test_pipeline_and_virtual_pipeline_equal_plain(hf_dir, plain, vpp):
-    got = run_in_processes(_run, 2, 2, vpp, False, hf_dir)
-    assert [r["chunks"] for r in got] == [vpp or 1] * 2
-    for r in got:  # every rank returns the broadcast log-probs, the replica's loss and the full export
-        _assert_same(r, plain)
+def test_pipeline_and_virtual_pipeline_equal_plain(hf_dir, plain):
+    ranks = run_in_processes(_runs, 2, [(2, None, False), (2, 2, False)], hf_dir)
+    for i, vpp in enumerate([None, 2]):
+        got = [r[i] for r in ranks]
+        assert [r["chunks"] for r in got] == [vpp or 1] * 2
+        for r in got:  # every rank returns the broadcast log-probs, the replica's loss and the full export
+            _assert_same(r, plain)
 
 
-def test_recompute_activations_equals_plain(hf_dir, plain):
-    got = run_in_processes(_run, 1, 1, None, True, hf_dir)[0]
+def test_recompute_activations_equals_plain(single, plain):
+    got = single[1]
     assert got["recomputed"] > 0  # the layers really were recomputed in the backward pass
     _assert_same(got, plain)
