@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_defaults_yaml_and_overrides_layer(tmp_path):
     y = tmp_path / "r.yaml"
     y.write_text("trainer:\n  total_steps: 7\nalgo:\n  beta: 0.5\n")
-    cfg = load_config(y, ["trainer.total_steps=3", "rollout.server_urls=[http://a:1,http://b:2]"])
+    cfg = load_config(y, ["trainer.total_steps=3", "rollout.engine=vllm", "rollout.mode=server",
+                        "rollout.server_urls=[http://a:1,http://b:2]"])
     assert cfg.trainer.total_steps == 3  # override beats YAML
     assert cfg.algo.beta == 0.5  # YAML beats default
     assert cfg.algo.estimator == "spro"  # default
