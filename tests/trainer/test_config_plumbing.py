@@ -29,12 +29,31 @@ def _batch(vocab: int, rows: int = 4, seed: int = 3):
 
 
 def _actor(overrides: list[str], total_updates: int = 1):
-    from spro_mcore.assets import TINY_BASE_DIR
+    """The actor as `trainer.setup` builds it: model.path / model.reference_path resolved the same way."""
     from spro_mcore.config import load_config
     from spro_mcore.trainer.actor import MegatronActor
+    from spro_mcore.trainer.setup import resolve_model_path
 
     cfg = load_config(None, ["model.transformer_impl=local", *overrides])
-    return MegatronActor(cfg, str(TINY_BASE_DIR), str(TINY_BASE_DIR), total_updates=total_updates)
+    path = resolve_model_path(cfg.model.path)
+    reference = resolve_model_path(cfg.model.reference_path) if cfg.model.reference_path else path
+    return MegatronActor(cfg, path, reference, total_updates=total_updates)
+
+
+def _perturbed_copy(out: str) -> str:
+    """The shipped tiny base with every weight moved a little: another model of the same architecture."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from spro_mcore.assets import TINY_BASE_DIR
+
+    shutil.copytree(TINY_BASE_DIR, out)
+    g = torch.Generator().manual_seed(11)
+    weights = load_file(f"{out}/model.safetensors")
+    save_file({k: v + 0.02 * torch.randn(v.shape, generator=g) for k, v in weights.items()},
+              f"{out}/model.safetensors", metadata={"format": "pt"})
+    return out
 
 
 def _update(actor):
@@ -52,7 +71,7 @@ def _optimizer_kinds(optimizer) -> set[str]:
     return {type(o).__name__ for o in getattr(optimizer, "chained_optimizers", [optimizer])}
 
 
-def _optimizer_worker():
+def _optimizer_worker(tmp: str):
     from spro_mcore.parallel import initialize_model_parallel, seed_everything
 
     initialize_model_parallel()
@@ -94,12 +113,21 @@ def _optimizer_worker():
         policy_after, _ = actor.logprobs(batch)
         refs[mode] = (before, after, (policy_after - policy_before).abs().max().item(), actor._ref_chunks is not None)
     out["refs"] = refs
+    # model.reference_path: the reference is that model, in both modes, while the policy starts from model.path
+    other = _perturbed_copy(f"{tmp}/other")
+    batch, _ = _batch(384)
+    out["other_policy"] = _actor([f"model.path={other}"]).logprobs(batch)[0]
+    out["base_policy"] = _actor([]).logprobs(batch)[0]
+    out["refs_from_path"] = {}
+    for mode in ("swap", "separate"):
+        actor = _actor([f"model.reference_mode={mode}", f"model.reference_path={other}"])
+        out["refs_from_path"][mode] = (actor.logprobs(batch, reference=True)[0], actor.logprobs(batch)[0])
     return out
 
 
 @pytest.fixture(scope="module")
-def optim_results():
-    return run_in_processes(_optimizer_worker, 1, timeout=300)[0]
+def optim_results(tmp_path_factory):
+    return run_in_processes(_optimizer_worker, 1, str(tmp_path_factory.mktemp("plumbing")), timeout=300)[0]
 
 
 def _textbook_lr(step: int, style: str, lr=1e-3, min_lr=1e-4, warmup=3, total=10) -> float:
@@ -151,23 +179,47 @@ def test_reference_is_frozen_in_both_modes(optim_results):
     torch.testing.assert_close(refs["separate"][0], refs["swap"][0], rtol=0, atol=1e-6)
 
 
-def _start_worker():
+def test_reference_path_is_the_reference_model(optim_results):
+    other, base = optim_results["other_policy"], optim_results["base_policy"]
+    assert (other - base).abs().max() > 1e-3  # the two models differ
+    for mode, (ref, policy) in optim_results["refs_from_path"].items():
+        torch.testing.assert_close(ref, other, rtol=0, atol=1e-6, msg=mode)
+        torch.testing.assert_close(policy, base, rtol=0, atol=1e-6, msg=mode)
+
+
+def _start_worker(checkpoint_dir: str):
     import logging
 
     from spro_mcore.trainer.run import _start
 
-    _start(None, ["logging.level=WARNING", "parallel.timeout_minutes=7"])
+    from spro_mcore.trainer.checkpoint import Checkpointer
+
+    cfg, layout = _start(None, ["logging.level=WARNING", "parallel.timeout_minutes=7",
+                                f"checkpoint.dir={checkpoint_dir}", "trainer.output_dir=/nonexistent/run"])
     import torch.distributed as dist
 
     timeout = dist.group.WORLD._get_backend(torch.device("cpu")).options._timeout
-    return logging.getLogger().level, timeout.total_seconds()
+    return logging.getLogger().level, timeout.total_seconds(), str(Checkpointer(cfg, layout).dir)
 
 
-def test_start_sets_log_level_and_collective_timeout():
+def test_start_sets_log_level_collective_timeout_and_checkpoint_dir(tmp_path):
     import logging
 
-    level, timeout_s = run_in_processes(_start_worker, 1)[0]
+    level, timeout_s, ckpt_dir = run_in_processes(_start_worker, 1, str(tmp_path / "ckpts"))[0]
     assert level == logging.WARNING and timeout_s == 7 * 60
+    assert ckpt_dir == str(tmp_path / "ckpts")
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_tensorboard_and_progress_bar_switches(tmp_path, on):
+    from spro_mcore.trainer.metrics import MetricsLogger
+
+    logger = MetricsLogger(tmp_path, total_steps=2, tensorboard=on, progress_bar=on)
+    logger.log(1, {"reward/mean": 0.5})
+    logger.close()
+    assert (tmp_path / "metrics.jsonl").is_file()
+    assert any((tmp_path / "tb").glob("events.*")) == on
+    assert (logger._progress is not None) == on
 
 
 class RecordingEngine:
