@@ -234,6 +234,7 @@ def test_shipped_recipe_runs_one_step(recipe: Path, tmp_path: Path):
     args = ["--config", str(recipe), *_overrides(raw, places)]
     log = tmp_path / "train.log"
     with server:
+        # a multi-node recipe (its name says so) goes through the multi-node launcher, with one node
         r = _launch(args, multi_node="node" in recipe.stem, log=log, timeout=300)
     tail = log.read_text(errors="replace")[-4000:]
     pending = _pending(raw)
