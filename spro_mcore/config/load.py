@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from spro_mcore.algo.step_split import splitter_pattern
 from spro_mcore.config.ranges import RangeError, check_ranges, check_samples_per_step
 from spro_mcore.config.schema import CHOICES, NON_NEGATIVE, POSITIVE, Config
+from spro_mcore.config.unwired import refuse_unwired
 from spro_mcore.errors import UserError
 
 
@@ -176,8 +177,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.source=file needs data.train_path (a .jsonl or .parquet file)")
     if cfg.model.fp8 is not None and cfg.model.transformer_impl == "local":
         raise ConfigError("model.fp8 needs Transformer Engine: set model.transformer_impl=transformer_engine (or auto)")
-    if cfg.trainer.packing and cfg.parallel.cp > 1:
-        raise ConfigError("trainer.packing does not support parallel.cp > 1 yet: set trainer.packing=false")
     if cfg.parallel.sequence_parallel and cfg.parallel.tp == 1:
         raise ConfigError("parallel.sequence_parallel needs parallel.tp > 1")
     a = cfg.algo
@@ -197,6 +196,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'pav.splitter': {e}") from None
     if cfg.rollout.n < 2 and cfg.algo.estimator in ("spro", "grpo"):
         raise ConfigError(f"rollout.n = {cfg.rollout.n}: group-relative estimators need at least 2 samples per prompt")
+    refuse_unwired(cfg)
 
 
 def validate_world_size(cfg: Config, world_size: int) -> int:

@@ -67,6 +67,9 @@ def transformer_config(arch: HFArch, model_cfg: ModelConfig, *, tp: int = 1, pp:
         gated_linear_unit=True, activation_func=F.silu, add_bias_linear=False, add_qkv_bias=arch.qkv_bias,
         qk_layernorm=arch.qk_norm, hidden_dropout=0.0, attention_dropout=0.0,
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, virtual_pipeline_model_parallel_size=vpp,
+        # interleaved schedule: Megatron-LM's default p2p mode. Batched p2p with vpp needs PP > 2 (with two
+        # stages the activations and gradients to the same peer are matched out of order)
+        overlap_p2p_comm=vpp is not None, batch_p2p_comm=vpp is None,
         sequence_parallel=sequence_parallel,
         params_dtype=dtype, pipeline_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
         use_cpu_initialization=not torch.cuda.is_available(),

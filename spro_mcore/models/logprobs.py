@@ -95,8 +95,29 @@ def logprobs_from_hidden(model, hidden: torch.Tensor, input_ids: torch.Tensor, p
     return out_lp, out_ent
 
 
-def _model_inputs(input_ids: torch.Tensor, device):
+def model_seq_length(seq: int, models) -> int:
+    """The sequence length the model runs at: under sequence parallelism megatron splits the sequence over
+    the TP ranks, so it is padded up to a multiple of TP (right padding changes no earlier position)."""
+    config = unwrap(as_list(models)[0]).config
+    if not config.sequence_parallel:
+        return seq
+    tp = config.tensor_model_parallel_size
+    return -(-seq // tp) * tp
+
+
+def micro_batch_multiple(models) -> int:
+    """The number of micro-batches must be a multiple of this: megatron's interleaved (virtual pipeline)
+    schedule runs them in groups of `microbatch_group_size_per_vp_stage` (the PP size by default)."""
+    chunks = as_list(models)
+    if len(chunks) == 1:
+        return 1
+    return unwrap(chunks[0]).config.microbatch_group_size_per_vp_stage
+
+
+def _model_inputs(input_ids: torch.Tensor, device, seq: int):
     ids = input_ids.to(device)
+    if seq > ids.shape[1]:
+        ids = torch.cat([ids, ids.new_zeros(ids.shape[0], seq - ids.shape[1])], dim=1)
     pos = torch.arange(ids.shape[1], device=device).unsqueeze(0).expand_as(ids)
     return ids, pos
 
@@ -121,18 +142,18 @@ def make_forward_step(loss_fn: Callable, *, temperature: float = 1.0, with_entro
             out = model(batch["input_ids"].to(device), batch["position_ids"].to(device), None,
                         packed_seq_params=packed_seq_params(batch["cu_seqlens"], device), output_hidden=True)
         else:
-            ids, pos = _model_inputs(batch["input_ids"], device)
+            ids, pos = _model_inputs(batch["input_ids"], device, model_seq_length(batch["input_ids"].shape[1], model))
             out = model(ids, pos, None, output_hidden=True)
         return out, partial(loss_func, model, batch)
 
     return forward_step
 
 
-def _micro_batches(input_ids, prompt_lens, response_lens, mbs: int):
-    """Split into micro-batches of exactly `mbs` rows (pipeline p2p needs one shape); the last one is padded
-    with rows that have no response tokens."""
+def _micro_batches(input_ids, prompt_lens, response_lens, mbs: int, count_multiple: int = 1):
+    """Split into micro-batches of exactly `mbs` rows (pipeline p2p needs one shape), as many as a multiple
+    of `count_multiple`; the padding rows have no response tokens."""
     b = input_ids.shape[0]
-    pad = (-b) % mbs
+    pad = (-b) % (mbs * count_multiple)
     if pad:
         input_ids = torch.cat([input_ids, input_ids[-1:].expand(pad, -1)])
         prompt_lens = torch.cat([prompt_lens, prompt_lens.new_ones(pad)])
@@ -179,7 +200,7 @@ def sequence_logprobs(models, input_ids: torch.Tensor, prompt_lens: torch.Tensor
         mbs = 1
     else:
         mbs = micro_batch_size or b
-        micro = _micro_batches(input_ids, prompt_lens, response_lens, mbs)
+        micro = _micro_batches(input_ids, prompt_lens, response_lens, mbs, micro_batch_multiple(chunks))
     was_training = [unwrap(c).training for c in chunks]
     for c in chunks:
         c.eval()
@@ -192,7 +213,8 @@ def sequence_logprobs(models, input_ids: torch.Tensor, prompt_lens: torch.Tensor
     try:
         outputs = get_forward_backward_func()(
             forward_step_func=step, data_iterator=[iter(micro) for _ in chunks] if len(chunks) > 1 else iter(micro),
-            model=chunks, num_microbatches=len(micro), seq_length=seq, micro_batch_size=mbs, forward_only=True)
+            model=chunks, num_microbatches=len(micro), seq_length=model_seq_length(seq, chunks),
+            micro_batch_size=mbs, forward_only=True)
     finally:
         for c, t in zip(chunks, was_training):
             c.train(t)

@@ -13,8 +13,7 @@ VLLM = ["rollout.engine=vllm", "rollout.mode=colocated"]
 def test_engine_tp_that_divides_tp_is_accepted():
     assert validate_world_size(load_config(None, [*VLLM, "parallel.tp=2", "rollout.engine_tp=2"]), 8) == 4
     assert validate_world_size(load_config(None, [*VLLM, "parallel.tp=2", "rollout.engine_tp=1"]), 2) == 1
-    # the hf engine and servers are not laid out by vLLM over the trainer's ranks
-    assert validate_world_size(load_config(None, ["parallel.tp=1", "rollout.engine_tp=2"]), 2) == 2
+    # (engine_tp > 1 with the hf engine or servers is refused outright: tests/config/test_unwired.py)
 
 
 def test_engine_spanning_replicas_is_refused_with_one_line():

@@ -42,7 +42,9 @@ class MegatronPolicy(Policy):
         from spro_mcore.models.loader import load_model
 
         self.cfg, self.layout = cfg, layout
-        chunks, self.arch = load_model(model_path, cfg.model)
+        # sequence parallelism reaches TransformerConfig (TE only); every model this policy loads uses it
+        self._load = dict(sequence_parallel=cfg.parallel.sequence_parallel)
+        chunks, self.arch = load_model(model_path, cfg.model, **self._load)
         self.device = next(chunks[0].parameters()).device
         for c in chunks:
             c.config.calculate_per_token_loss = True  # see the module docstring
@@ -71,7 +73,7 @@ class MegatronPolicy(Policy):
         self._ref_chunks = None
         self._ref_tensors: Optional[list[torch.Tensor]] = None
         if cfg.model.reference_mode == "separate":
-            self._ref_chunks, _ = load_model(reference_path, cfg.model)
+            self._ref_chunks, _ = load_model(reference_path, cfg.model, **self._load)
             for c in self._ref_chunks:
                 c.requires_grad_(False)
         elif reference_path == model_path:
@@ -101,7 +103,7 @@ class MegatronPolicy(Policy):
     def load_reference(self, path: str) -> None:
         from spro_mcore.models.loader import load_model
 
-        chunks, _ = load_model(path, self.cfg.model)
+        chunks, _ = load_model(path, self.cfg.model, **self._load)
         src = [p for c in chunks for p in c.parameters()]
         dst = [p for c in self._ref_chunks for p in c.parameters()] if self._ref_chunks is not None else self._ref_tensors
         for d, s in zip(dst, src, strict=True):
@@ -133,12 +135,13 @@ class MegatronPolicy(Policy):
 
     def _update_micro_batches(self, batch: RolloutBatch, fields: dict, idx: torch.Tensor):
         """(micro-batches, seq_length, micro_batch_size) of one mini-batch for the update."""
-        from spro_mcore.models.logprobs import build_packs
+        from spro_mcore.models.logprobs import build_packs, micro_batch_multiple, model_seq_length
 
         packs = self.packs(batch, idx)
         if packs is None:
             mbs = self.micro_batch_size(batch)
-            return _micro_batches(batch, fields, idx, mbs, self.device), batch.input_ids.shape[1], mbs
+            micro = _micro_batches(batch, fields, idx, mbs, self.device, micro_batch_multiple(self.model))
+            return micro, model_seq_length(batch.input_ids.shape[1], self.model), mbs
         micro, pack_len = build_packs(self.model, batch.input_ids[idx], batch.prompt_lens[idx],
                                       batch.response_lens[idx], packs, {k: v[idx] for k, v in fields.items()})
         return [_to_device(mb, self.device) for mb in micro], pack_len, 1
@@ -171,6 +174,7 @@ class MegatronPolicy(Policy):
                ref_logprobs: torch.Tensor) -> dict[str, float]:
         """`ppo_epochs` passes over `mini_batches` mini-batches, one optimizer step each. Returns the
         metrics of the loss (token-weighted over the whole batch) plus grad norm, LR and skipped updates."""
+        from megatron.core.distributed import finalize_model_grads
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         from spro_mcore.algo.policy_loss import ppo_policy_loss
@@ -214,8 +218,9 @@ class MegatronPolicy(Policy):
                         model=self.model, num_microbatches=len(micro), seq_length=seq, micro_batch_size=mbs,
                         forward_only=False,
                     )
-                for m in self.model:
-                    m.finish_grad_sync()
+                # DP reduction, plus what megatron's training loop does after the schedule: the tied
+                # embedding's first- and last-stage grads summed (PP > 1), norm grads over TP (sequence parallel)
+                finalize_model_grads(self.model)
                 if self._grads_finite():
                     _, grad_norm, _ = self.optimizer.step()
                     self.scheduler.step(increment=1)
@@ -292,11 +297,12 @@ def _to_device(mb: dict, device: torch.device) -> dict:
 
 
 def _micro_batches(batch: RolloutBatch, fields: dict[str, torch.Tensor], idx: torch.Tensor, mbs: int,
-                   device: torch.device) -> list[dict]:
-    """Micro-batches of exactly `mbs` rows (pipeline p2p needs one shape) on the model's `device`; the last is
-    padded with rows that have no response tokens, which contribute nothing to the loss."""
+                   device: torch.device, count_multiple: int = 1) -> list[dict]:
+    """Micro-batches of exactly `mbs` rows (pipeline p2p needs one shape) on the model's `device`, as many as a
+    multiple of `count_multiple` (the interleaved schedule's group size); padding rows have no response
+    tokens and contribute nothing to the loss."""
     rows = idx.tolist()
-    pad = (-len(rows)) % mbs
+    pad = (-len(rows)) % (mbs * count_multiple)
     out = []
     for start in range(0, len(rows) + pad, mbs):
         part = rows[start:start + mbs]
