@@ -70,7 +70,7 @@ def score_main(config_path, overrides) -> int:
     from spro_mcore.data.render import uses_chat_template
     from spro_mcore.parallel import destroy
     from spro_mcore.pav.verifier import load_verifier, read_verifier_config
-    from spro_mcore.trainer.run import _start
+    from spro_mcore.trainer.run import start
 
     cfg: Config = load_config(config_path, overrides)
     p = cfg.pav
@@ -82,7 +82,7 @@ def score_main(config_path, overrides) -> int:
         raise UserError(f"the verifier in {p.verifier_dir} reads steps split by {info.get('splitter')}, "
                         f"not pav.splitter={canonical_splitter(p.splitter)}")
     output = Path(p.score_input).with_suffix(".scores.jsonl")
-    cfg, layout = _start(config_path, overrides)
+    cfg, layout = start(config_path, overrides)
     try:
         tokenizer = AutoTokenizer.from_pretrained(p.verifier_dir)
         template = uses_chat_template(tokenizer, {"auto": None, "always": True, "never": False}[cfg.data.chat_template])

@@ -156,11 +156,11 @@ def write_report(rows: list[dict], out_dir: Path) -> None:
 def search_main(config_path, overrides) -> int:
     from spro_mcore.parallel import destroy
     from spro_mcore.pav.verifier import read_verifier_config
-    from spro_mcore.trainer.run import _start
+    from spro_mcore.trainer.run import start
 
     cfg = load_config(config_path, overrides)
     read_verifier_config(cfg.pav.verifier_dir)  # refuse a missing verifier before anything starts
-    cfg, layout = _start(config_path, overrides)
+    cfg, layout = start(config_path, overrides)
     try:
         rows = run_search(cfg)
     finally:

@@ -201,12 +201,12 @@ def train_verifier(cfg: Config, layout) -> dict:
 
 def train_main(config_path, overrides) -> int:
     from spro_mcore.parallel import destroy
-    from spro_mcore.trainer.run import _start
+    from spro_mcore.trainer.run import start
 
     from spro_mcore.config import load_config
 
     load_training_data(load_config(config_path, overrides))  # refuse bad input before any process group
-    cfg, layout = _start(config_path, overrides)
+    cfg, layout = start(config_path, overrides)
     try:
         last = train_verifier(cfg, layout)
     finally:

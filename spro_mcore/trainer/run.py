@@ -20,18 +20,32 @@ from spro_mcore.errors import UserError
 log = logging.getLogger("spro_mcore")
 
 
-def _prepare(config_path, overrides, *, training: bool):
-    """The validated config, with every path and plugin it names checked; no heavy import yet."""
+def _load(config_path, overrides):
+    """The validated config, with logging set up (and the quiet start installed) as it asks."""
     from spro_mcore import quiet
-    from spro_mcore.trainer.preflight import preflight
 
     cfg = load_config(config_path, overrides)
     quiet.install(cfg.logging.level)
     logging.basicConfig(level=cfg.logging.level, format="%(asctime)s %(name)s: %(message)s")
     if cfg.logging.level != "DEBUG":  # megatron-core lists every parameter and config field at INFO
         logging.getLogger("megatron").setLevel(logging.WARNING)
+    return cfg
+
+
+def _prepare(config_path, overrides, *, training: bool):
+    """The validated config, with every path and plugin it names checked; no heavy import yet."""
+    from spro_mcore.trainer.preflight import preflight
+
+    cfg = _load(config_path, overrides)
     preflight(cfg, training=training)
     return cfg
+
+
+def start(config_path, overrides):
+    """(config, layout) for a command that brings its own checks (the pav verbs): the config as `train` loads
+    it, then the job's process groups."""
+    cfg = _load(config_path, overrides)
+    return cfg, _start(cfg)
 
 
 def _start(cfg):

@@ -191,11 +191,11 @@ def test_reference_path_is_the_reference_model(optim_results):
 def _start_worker(checkpoint_dir: str):
     import logging
 
-    from spro_mcore.trainer.run import _start
+    from spro_mcore.trainer.run import start
 
     from spro_mcore.trainer.checkpoint import Checkpointer
 
-    cfg, layout = _start(None, ["logging.level=WARNING", "parallel.timeout_minutes=7",
+    cfg, layout = start(None, ["logging.level=WARNING", "parallel.timeout_minutes=7",
                                 f"checkpoint.dir={checkpoint_dir}", "trainer.output_dir=/nonexistent/run"])
     import torch.distributed as dist
 

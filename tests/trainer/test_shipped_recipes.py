@@ -49,6 +49,7 @@ STEP_SIZE = {
     "data.synthetic_train_size": 16,
     "data.synthetic_eval_size": 4,
     "logging.progress_bar": False,
+    "optim.warmup_steps": 0,  # a one-step run holds no warm-up (more warm-up than steps is refused)
 }
 
 # recipes that cannot start yet: (which recipes, the start-up error they stop with, reason). They are
