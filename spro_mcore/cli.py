@@ -1,4 +1,4 @@
-"""`spro-mcore train | convert | eval | config`: the command-line entry point.
+"""`spro-mcore train | convert | eval | export | config | study`: the command-line entry point.
 
 Bad input (config, data, checkpoint) ends with one line on stderr naming the problem and a non-zero exit.
 """
@@ -31,6 +31,12 @@ def _export(args) -> int:
     from spro_mcore.trainer.checkpoint.export import export_main
 
     return export_main(args.export_args)
+
+
+def _study(args) -> int:
+    from spro_mcore.study.main import study_main
+
+    return study_main(args.config, args.overrides)
 
 
 def _config(args) -> int:
@@ -68,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("export_args", nargs=argparse.REMAINDER)
     exp.set_defaults(fn=_export)
     with_config(sub.add_parser("config", help="print the resolved, validated configuration")).set_defaults(fn=_config)
+    study = sub.add_parser("study", help="run a grid of training runs over seeds (resumable) and write report.md + plots")
+    study.add_argument("--config", "-c", default=None, help="study file (base, output_dir, seeds, overrides, grid)")
+    study.add_argument("overrides", nargs="*", help="base=/output_dir=/seeds=[...] or section.key=value for every cell")
+    study.set_defaults(fn=_study)
     return parser
 
 
