@@ -42,9 +42,10 @@ def _base_hash(study: Study) -> str:
 
 
 def run_record(study: Study, cell: Cell, seed: int) -> dict:
-    """What a complete run's marker must say for the run to count in this study."""
-    return {"base": str(study.base), "base_sha256_16": _base_hash(study), "cell": cell.name, "seed": seed,
-            "overrides": study.train_overrides(cell, seed)}
+    """What a complete run's marker must say for the run to count in this study (the run folder itself is
+    left out, so a study folder can be moved or copied and still resumed)."""
+    overrides = [o for o in study.train_overrides(cell, seed) if not o.startswith("trainer.output_dir=")]
+    return {"base_sha256_16": _base_hash(study), "cell": cell.name, "seed": seed, "overrides": overrides}
 
 
 def read_marker(run_dir: Path) -> dict | None:
@@ -113,12 +114,13 @@ def run_one(study: Study, cell: Cell, seed: int) -> int:
 
 
 def run_all(study: Study, *, progress: bool = True) -> list[Failure]:
-    """Every (cell, seed) without a marker, in order; returns the failures."""
+    """Every (cell, seed) without a marker, seed by seed; returns the failures."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     check_markers(study)
-    runs = [(cell, seed) for cell in study.cells for seed in study.seeds]
+    # seed-major: a study stopped part-way has every cell at the same number of seeds (or one fewer)
+    runs = [(cell, seed) for seed in study.seeds for cell in study.cells]
     failures: list[Failure] = []
     previous = signal.signal(signal.SIGTERM, _Child.forward)
     bar = Progress(TextColumn("[bold]study runs"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}"),

@@ -147,7 +147,7 @@ def load_study(path: str | Path, cli: list[str] = ()) -> Study:
     if unknown:
         raise StudyError(f"study file {path}: unknown key '{unknown[0]}' (keys: {', '.join(STUDY_KEYS)})")
     for key in ("base", "output_dir", "seeds", "grid"):
-        if raw.get(key) in (None, "", []):
+        if raw.get(key) is None or (key != "grid" and raw[key] in ("", [])):
             raise StudyError(f"study file {path}: '{key}' is missing or empty")
     seeds = raw["seeds"]
     if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
