@@ -36,7 +36,7 @@ def _export(args) -> int:
 def _study(args) -> int:
     from spro_mcore.study.main import study_main
 
-    return study_main(args.config, args.overrides)
+    return study_main(args.config, args.overrides, report_only=args.report_only)
 
 
 def _config(args) -> int:
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("config", help="print the resolved, validated configuration")).set_defaults(fn=_config)
     study = sub.add_parser("study", help="run a grid of training runs over seeds (resumable) and write report.md + plots")
     study.add_argument("--config", "-c", default=None, help="study file (base, output_dir, seeds, overrides, grid)")
+    study.add_argument("--report-only", action="store_true", help="aggregate the complete runs; start none")
     study.add_argument("overrides", nargs="*", help="base=/output_dir=/seeds=[...] or section.key=value for every cell")
     study.set_defaults(fn=_study)
     return parser

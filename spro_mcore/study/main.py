@@ -7,11 +7,11 @@ from spro_mcore.study.runner import run_all
 from spro_mcore.study.spec import StudyError, load_study
 
 
-def study_main(config_path: str | None, cli: list[str], *, progress: bool = True) -> int:
+def study_main(config_path: str | None, cli: list[str], *, report_only: bool = False, progress: bool = True) -> int:
     if not config_path:
         raise StudyError("spro-mcore study needs --config STUDY.yaml")
     study = load_study(config_path, cli)
-    failures = run_all(study, progress=progress)
+    failures = [] if report_only else run_all(study, progress=progress)
     summary = write_report(study)
     print(f"study: {summary['runs_complete']} of {summary['runs_planned']} runs complete; "
           f"report in {study.output_dir / 'report.md'}")

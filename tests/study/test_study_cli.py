@@ -165,3 +165,11 @@ def test_aggregate_of_synthetic_metrics_files_equals_hand_computation(tmp_path):
     assert cells["spro"]["msa_to_outcome_ratio_mean"] == pytest.approx(0.2)
     assert cells["grpo"]["wall_s_mean"] == pytest.approx(120.0)
     assert cells["spro"]["curves"]["eval/acc"]["mean"] == pytest.approx([0.3, 0.6, 0.7])
+    # --report-only: a missing run is reported as missing, not started
+    (study.run_dir(study.cells[1], 3) / MARKER).unlink()
+    r = study_cli(study_file, "--report-only", timeout=300)
+    assert r.returncode == 0 and "5 of 6 runs complete" in r.stdout, r.stderr[-3000:]
+    assert not list((tmp_path / "out").glob("runs/*/*/train.log"))
+    spro = json.loads((tmp_path / "out" / "summary.json").read_text())["cells"][1]
+    assert spro["seeds"] == [1, 2] and spro["final_acc_mean"] == pytest.approx(0.7)
+    assert "[1, 2] (not run: [3])" in (tmp_path / "out" / "report.md").read_text()
