@@ -26,7 +26,9 @@ The harder task (``--task chain``, shipped at ``spro_mcore/assets/tiny_base_chai
 ``spro_mcore/data/synthetic_chain.py``): the same tokenizer recipe, model shape and SFT, on 5-9-operation
 problems with parentheses; each demonstration follows one of three strategies (right, left to right, or
 parentheses ignored: two systematic mistakes), and every step of it slips with a small probability, so an
-error is possible at any step of a long response.
+error is possible at any step of a long response. Made with ``--task chain --steps 2500`` (seed 2): held-out
+greedy accuracy 0.172 and sampled (T=1) 0.068 on 500 problems, far below the ceiling; about 30 min of SFT
+on the 2 shared cores (loaded by other jobs).
 
 Usage: ``python tools/make_tiny_base.py [--task arithmetic|chain] [--out DIR] [--seed 2]``
 """
