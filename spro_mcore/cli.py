@@ -1,4 +1,4 @@
-"""`spro-mcore train | convert | eval | export | pav collect|train|score | search | config`: the command-line entry point.
+"""`spro-mcore train | convert | eval | export | pav collect|train|score | search | study | config`: the command-line entry point.
 
 Bad input (config, data, checkpoint) ends with one line on stderr naming the problem and a non-zero exit.
 """
@@ -59,6 +59,12 @@ def _search(args) -> int:
     return search_main(args.config, args.overrides)
 
 
+def _study(args) -> int:
+    from spro_mcore.study.main import study_main
+
+    return study_main(args.config, args.overrides, report_only=args.report_only)
+
+
 def _config(args) -> int:
     from spro_mcore.config import load_config, to_yaml
 
@@ -104,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("search", help="PAV beam search vs best-of-N and majority vote at equal generated "
                                               "tokens (results.json + PNG)")).set_defaults(fn=_search)
     with_config(sub.add_parser("config", help="print the resolved, validated configuration")).set_defaults(fn=_config)
+    study = sub.add_parser("study", help="run a grid of training runs over seeds (resumable) and write report.md + plots")
+    study.add_argument("--config", "-c", default=None, help="study file (base, output_dir, seeds, overrides, grid)")
+    study.add_argument("--report-only", action="store_true", help="aggregate the complete runs; start none")
+    study.add_argument("overrides", nargs="*", help="base=/output_dir=/seeds=[...] or section.key=value for every cell")
+    study.set_defaults(fn=_study)
     return parser
 
 

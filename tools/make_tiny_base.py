@@ -22,7 +22,15 @@ accuracy 0.65 with room that RL can reach.
 Prompt format (plain text, no chat template): ``"Q: 3+4*2-5=\\n"``; response ``"4*2=8\\n3+8=11\\n11-5=6\\nA: 6"``
 followed by EOS. See ``spro_mcore/data/synthetic_arithmetic.py``.
 
-Usage: ``python tools/make_tiny_base.py [--out spro_mcore/assets/tiny_base] [--seed 2]``
+The harder task (``--task chain``, shipped at ``spro_mcore/assets/tiny_base_chain/``; see
+``spro_mcore/data/synthetic_chain.py``): the same tokenizer recipe, model shape and SFT, on 5-9-operation
+problems with parentheses; each demonstration follows one of three strategies (right, left to right, or
+parentheses ignored: two systematic mistakes), and every step of it slips with a small probability, so an
+error is possible at any step of a long response. Made with ``--task chain --steps 2500`` (seed 2): held-out
+greedy accuracy 0.172 and sampled (T=1) 0.068 on 500 problems, far below the ceiling; about 30 min of SFT
+on the 2 shared cores (loaded by other jobs).
+
+Usage: ``python tools/make_tiny_base.py [--task arithmetic|chain] [--out DIR] [--seed 2]``
 """
 
 from __future__ import annotations
@@ -50,12 +58,15 @@ from transformers import (  # noqa: E402
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QWEN2_PRETOKENIZE_REGEX  # noqa: E402
 
+from spro_mcore.data import synthetic_chain  # noqa: E402
 from spro_mcore.data.synthetic_arithmetic import Problem, generate_split, solve  # noqa: E402
 from spro_mcore.rewards.synthetic_arithmetic import arithmetic_reward  # noqa: E402
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 VOCAB_MULTIPLE = 128
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "spro_mcore" / "assets" / "tiny_base"
+ASSETS = Path(__file__).resolve().parents[1] / "spro_mcore" / "assets"
+DEFAULT_OUT = {"arithmetic": ASSETS / "tiny_base", "chain": ASSETS / "tiny_base_chain"}
+CHAIN_ONLY_ARGS = ("task", "step_slip_prob", "left_to_right_prob_chain", "drop_parens_prob")
 
 
 def build_tokenizer(corpus: list[str], max_merges: int = 32) -> PreTrainedTokenizerFast:
@@ -124,6 +135,22 @@ def demonstrations(problems: list[Problem], slip_prob: float, left_to_right_prob
     return out
 
 
+def chain_demonstrations(problems: list[Problem], step_slip_prob: float, left_to_right_prob: float,
+                         drop_parens_prob: float, rng: random.Random) -> list[str]:
+    """Chain-task responses to imitate: the demonstrator solves left to right with probability
+    ``left_to_right_prob``, ignores the parentheses with probability ``drop_parens_prob``, else solves
+    right; each of its steps independently slips by a small amount with probability ``step_slip_prob``."""
+    out = []
+    for p in problems:
+        u = rng.random()
+        strategy = ("left_to_right" if u < left_to_right_prob
+                    else "drop_parens" if u < left_to_right_prob + drop_parens_prob else "correct")
+        n_steps = len(synthetic_chain.solve(p.expression, strategy=strategy).steps)
+        slips = {i: rng.choice([-10, -2, -1, 1, 1, 2, 10]) for i in range(n_steps) if rng.random() < step_slip_prob}
+        out.append(synthetic_chain.solve(p.expression, slips, strategy=strategy).response)
+    return out
+
+
 def encode_examples(tokenizer, prompts: list[str], responses: list[str]) -> list[tuple[list[int], int]]:
     """Token ids of prompt + response + EOS, and the number of prompt tokens (not trained on)."""
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
@@ -170,7 +197,8 @@ def sft(model, tokenizer, examples, steps: int, batch_size: int, lr: float, seed
 
 
 @torch.no_grad()
-def accuracy(model, tokenizer, problems: list[Problem], do_sample: bool, seed: int = 0, batch_size: int = 256):
+def accuracy(model, tokenizer, problems: list[Problem], do_sample: bool, seed: int = 0, batch_size: int = 256,
+             max_new_tokens: int = 64):
     """Fraction of ``problems`` whose generated response has the right ``A:`` line (and the EOS rate)."""
     torch.manual_seed(seed)
     tokenizer.padding_side = "left"
@@ -179,7 +207,7 @@ def accuracy(model, tokenizer, problems: list[Problem], do_sample: bool, seed: i
         chunk = problems[i : i + batch_size]
         enc = tokenizer([p.prompt for p in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
         out = model.generate(
-            **enc, max_new_tokens=64, do_sample=do_sample, temperature=1.0 if do_sample else None,
+            **enc, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=1.0 if do_sample else None,
             top_k=0 if do_sample else None, top_p=1.0 if do_sample else None,
         )
         gen = out[:, enc["input_ids"].shape[1] :]
@@ -192,7 +220,8 @@ def accuracy(model, tokenizer, problems: list[Problem], do_sample: bool, seed: i
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--task", choices=sorted(DEFAULT_OUT), default="arithmetic")
+    ap.add_argument("--out", type=Path, default=None, help="default: spro_mcore/assets/tiny_base[_chain]")
     ap.add_argument("--seed", type=int, default=2)  # see the docstring: seed 0 rarely completes a precedence solution
     ap.add_argument("--train-size", type=int, default=20000)
     ap.add_argument("--eval-size", type=int, default=500)
@@ -201,22 +230,33 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--step-slip-prob", type=float, default=0.02, help="chain: per-step slip probability")
+    ap.add_argument("--left-to-right-prob-chain", type=float, default=0.25, help="chain: left-to-right demos")
+    ap.add_argument("--drop-parens-prob", type=float, default=0.25, help="chain: parentheses-ignored demos")
     ap.add_argument("--eval-every", type=int, default=0, help="also report greedy accuracy every N steps")
     args = ap.parse_args(argv)
+    args.out = args.out or DEFAULT_OUT[args.task]
+    chain = args.task == "chain"
+    max_new_tokens = 128 if chain else 64
     torch.set_num_threads(2)
     t0 = time.time()
 
-    train = generate_split("train", args.train_size, seed=args.seed)
-    test = generate_split("test", args.eval_size, seed=args.seed)
+    split = synthetic_chain.generate_split if chain else generate_split
+    train = split("train", args.train_size, seed=args.seed)
+    test = split("test", args.eval_size, seed=args.seed)
     corpus = [p.prompt + p.response for p in train]
     tokenizer = build_tokenizer(corpus)
     model = build_model(tokenizer, args.seed)
     print(f"vocab {len(tokenizer)}, params {sum(p.numel() for p in model.parameters()):,}")
 
-    demos = demonstrations(train, args.slip_prob, args.left_to_right_prob, random.Random(args.seed))
+    if chain:
+        demos = chain_demonstrations(train, args.step_slip_prob, args.left_to_right_prob_chain,
+                                     args.drop_parens_prob, random.Random(args.seed))
+    else:
+        demos = demonstrations(train, args.slip_prob, args.left_to_right_prob, random.Random(args.seed))
     examples = encode_examples(tokenizer, [p.prompt for p in train], demos)
     def report(step):  # exploration only; harmless to the result: training draws no torch random numbers
-        print(f"after {step} steps: greedy acc, eos rate {accuracy(model, tokenizer, test[:200], False)}", flush=True)
+        print(f"after {step} steps: greedy acc, eos rate {accuracy(model, tokenizer, test[:200], False, max_new_tokens=max_new_tokens)}", flush=True)
 
     sft(model, tokenizer, examples, args.steps, args.batch_size, args.lr, args.seed, every=args.eval_every, callback=report)
     t_train = time.time() - t0
@@ -228,13 +268,16 @@ def main(argv=None):
     # measure what ships: reload through the Auto classes, as the trainer and vLLM will
     tokenizer = AutoTokenizer.from_pretrained(args.out)
     model = AutoModelForCausalLM.from_pretrained(args.out).eval()
-    greedy, greedy_eos = accuracy(model, tokenizer, test, do_sample=False)
-    sampled, sampled_eos = accuracy(model, tokenizer, test, do_sample=True, seed=args.seed)
+    greedy, greedy_eos = accuracy(model, tokenizer, test, do_sample=False, max_new_tokens=max_new_tokens)
+    sampled, sampled_eos = accuracy(model, tokenizer, test, do_sample=True, seed=args.seed, max_new_tokens=max_new_tokens)
+    unused = ("out", "eval_every", "slip_prob", "left_to_right_prob") if chain else ("out", "eval_every", *CHAIN_ONLY_ARGS)
     card = {  # deterministic content only, so that a re-run reproduces every file
         "made_by": "tools/make_tiny_base.py",
-        "args": {k: v for k, v in vars(args).items() if k not in ("out", "eval_every")},
+        "args": {k: v for k, v in vars(args).items() if k not in unused},
         "dtype": "float32",
-        "prompt_format": "Q: 3+4*2-5=\\n  ->  4*2=8\\n3+8=11\\n11-5=6\\nA: 6<|endoftext|> (plain text, no chat template)",
+        "prompt_format": (
+            "Q: 3*(4+2)-5=\\n  ->  4+2=6\\n3*6=18\\n18-5=13\\nA: 13<|endoftext|> (plain text, no chat template)" if chain
+            else "Q: 3+4*2-5=\\n  ->  4*2=8\\n3+8=11\\n11-5=6\\nA: 6<|endoftext|> (plain text, no chat template)"),
         "held_out": {"split": "test", "seed": args.seed, "problems": len(test)},
         "greedy_acc": greedy, "greedy_eos_rate": greedy_eos,
         "sampled_t1_acc": sampled, "sampled_t1_eos_rate": sampled_eos,

@@ -107,6 +107,7 @@ class DataConfig:
     max_prompt_tokens: int = 512  # longer prompts are dropped (and counted)
     prompts_per_step: int = 8  # prompts per step (each yields rollout.n responses)
     shuffle: bool = True  # reshuffle every epoch (deterministic from trainer.seed)
+    synthetic_task: str = "arithmetic"  # arithmetic (2-4 operations, quickstart) | chain (5-9 with parentheses)
     synthetic_train_size: int = 2000  # synthetic task: training prompts
     synthetic_eval_size: int = 128  # synthetic task: held-out prompts
     reward_fn: str = "synthetic_arithmetic"  # synthetic_arithmetic | math | module:function
@@ -206,6 +207,7 @@ CHOICES: dict[str, tuple] = {
     "algo.old_logprobs": ("recompute", "engine"),
     "optim.lr_schedule": ("constant", "linear", "cosine"),
     "data.source": ("synthetic", "file"),
+    "data.synthetic_task": ("arithmetic", "chain"),
     "data.chat_template": ("auto", "never", "always"),
     "logging.level": ("DEBUG", "INFO", "WARNING", "ERROR"),
     "pav.prover": ("policy", "bok"),

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from spro_mcore.config.schema import Config
 from spro_mcore.data import PromptItem, PromptIterator, load_prompt_dataset
-from spro_mcore.data.synthetic_arithmetic import write_split_jsonl
+from spro_mcore.data.synthetic_tasks import write_task_split_jsonl
 from spro_mcore.parallel import collectives
 from spro_mcore.parallel.distributed import Layout
 
@@ -43,8 +43,8 @@ def _data_files(cfg: Config, layout: Layout) -> tuple[str, str]:
     folder = Path(cfg.trainer.output_dir) / "data"
     train, test = folder / "synthetic_train.jsonl", folder / "synthetic_test.jsonl"
     if layout.is_main:
-        write_split_jsonl(train, "train", d.synthetic_train_size, seed=cfg.trainer.seed)
-        write_split_jsonl(test, "test", d.synthetic_eval_size, seed=cfg.trainer.seed)
+        write_task_split_jsonl(train, d.synthetic_task, "train", d.synthetic_train_size, seed=cfg.trainer.seed)
+        write_task_split_jsonl(test, d.synthetic_task, "test", d.synthetic_eval_size, seed=cfg.trainer.seed)
     if dist.is_initialized():
         collectives.barrier()
     return str(train), str(test)

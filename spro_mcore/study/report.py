@@ -1,0 +1,160 @@
+"""A study's aggregate: summary.json (the pinned fields), report.md and PNG plots in <output_dir>.
+
+Reads only complete runs (those with a ``study_run.json``); cells without one appear with null statistics,
+so a report of a study still under way says exactly what ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from spro_mcore.config import load_config
+from spro_mcore.study.aggregate import compare_with_reference, pick_reference, summarize_cell
+from spro_mcore.study.runner import read_marker, run_wall_s
+from spro_mcore.study.spec import Study, format_value
+
+PLOTS = ("acc_vs_step.png", "pass_at_k_vs_step.png", "final.png")
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+
+
+def build_summary(study: Study) -> dict[str, Any]:
+    info, stats = {}, {}
+    for cell in study.cells:
+        cfg = load_config(study.base, study.train_overrides(cell, study.seeds[0]))
+        info[cell.name] = {"algo": dataclasses.asdict(cfg.algo), "overrides": cell.overrides}
+        done = [s for s in study.seeds if read_marker(study.run_dir(cell, s)) is not None]
+        stats[cell.name] = summarize_cell({s: _rows(study.run_dir(cell, s)) for s in done},
+                                          {s: run_wall_s(study.run_dir(cell, s)) for s in done})
+    cells = []
+    for cell in study.cells:
+        ref = pick_reference(cell.name, info)
+        s = stats[cell.name]
+        cells.append({
+            "name": cell.name,
+            "overrides": cell.overrides,
+            "seeds_planned": study.seeds,
+            **s,
+            "reference": ref,
+            **compare_with_reference(s, stats[ref] if ref else None),
+        })
+    return {
+        "study_file": str(study.path),
+        "base": str(study.base),
+        "seeds": study.seeds,
+        "overrides": study.overrides,
+        "runs_complete": sum(len(c["seeds"]) for c in cells),
+        "runs_planned": len(study.cells) * len(study.seeds),
+        "cells": cells,
+    }
+
+
+def _fmt(v: Optional[float], digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _ci(ci: Optional[list[float]], digits: int = 3) -> str:
+    return "–" if ci is None else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def _minutes(s: Optional[float]) -> str:
+    return "–" if s is None else f"{s / 60:.1f} min"
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    cells = summary["cells"]
+    L = [f"# Study: {Path(summary['study_file']).stem}", "",
+         f"Written by `spro-mcore study --config {summary['study_file']}`. Base config `{summary['base']}`, "
+         f"seeds {summary['seeds']} (each is `trainer.seed`), applied to every cell: "
+         + (", ".join(f"`{k}={format_value(v)}`" for k, v in summary["overrides"].items()) or "nothing") + ".",
+         "", f"**Runs complete: {summary['runs_complete']} of {summary['runs_planned']}.**", "",
+         "## Cells", "", "| cell | grid values | seeds complete | wall time per run | reference |", "|---|---|---|---|---|"]
+    for c in cells:
+        ov = ", ".join(f"`{k}={format_value(v)}`" for k, v in c["overrides"].items()) or "–"
+        missing = [s for s in c["seeds_planned"] if s not in c["seeds"]]
+        done = f"{c['seeds']}" + (f" (not run: {missing})" if missing else "")
+        L.append(f"| {c['name']} | {ov} | {done} | {_minutes(c['wall_s_mean'])} | {c['reference'] or '–'} |")
+    pk = next((c["pass_at_k_metric"] for c in cells if c["pass_at_k_metric"]), None) or "pass@k"
+    L += ["", "## Results", "",
+          "Final = the last evaluated step (held-out greedy accuracy); intervals are 95% t-intervals over seeds. "
+          "Steps-to-target: the first evaluated step at which the cell's seed-mean accuracy reaches the "
+          "reference's best seed-mean accuracy; efficiency = reference steps / cell steps. Paired difference: "
+          "cell minus reference final accuracy on the same seeds. Entropy and response length: mean over the "
+          "last 10% of steps. MSA/outcome: sum of `adv/msa_abs_mean` / sum of `adv/grpo_abs_mean` over the run.",
+          "", f"| cell | final acc | 95% CI | final {pk.removeprefix('eval/')} | steps to target | efficiency | "
+          "paired diff vs ref | 95% CI | entropy | length | MSA/outcome |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        reached = ("–" if c["target_acc"] is None else
+                   "not reached" if c["steps_to_target"] is None else str(c["steps_to_target"]))
+        L.append(
+            f"| {c['name']} | {_fmt(c['final_acc_mean'])} | {_ci(c['final_acc_ci95'])} | {_fmt(c['final_pass_at_k_mean'])} "
+            f"| {reached} | {_fmt(c['efficiency_ratio'], 2)} | {_fmt(c['paired_diff_mean'])} | {_ci(c['paired_diff_ci95'])} "
+            f"| {_fmt(c['entropy_final_mean'])} | {_fmt(c['response_length_final_mean'], 1)} "
+            f"| {_fmt(c['msa_to_outcome_ratio_mean'])} |")
+    L += ["", "## Plots", "", *(f"![{p}]({p})" for p in PLOTS), "",
+          "## Reproduce one run", "",
+          "Each run is `spro-mcore train --config <base> <study overrides> <cell's grid values> trainer.seed=<seed>`; "
+          "the trainer is deterministic on CPU, so the same command gives the same metrics.", ""]
+    return "\n".join(L)
+
+
+def draw_plots(summary: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [c for c in summary["cells"] if c["seeds"]]
+    paths = []
+    pk = next((c["pass_at_k_metric"] for c in cells if c["pass_at_k_metric"]), None)
+    for fname, metric, title in (("acc_vs_step.png", "eval/acc", "held-out greedy accuracy"),
+                                 ("pass_at_k_vs_step.png", pk, f"held-out {(pk or 'pass@k').removeprefix('eval/')}")):
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for c in cells:
+            cv = c["curves"].get(metric) if metric else None
+            if not cv or not cv["steps"]:
+                continue
+            line, = ax.plot(cv["steps"], cv["mean"], marker="o", ms=3, label=f"{c['name']} (n={len(c['seeds'])})")
+            if all(v is not None for v in cv["ci95_low"]):
+                ax.fill_between(cv["steps"], cv["ci95_low"], cv["ci95_high"], color=line.get_color(), alpha=0.15)
+        ax.set(title=f"{title}: seed mean, 95% interval", xlabel="step", ylabel=title.split(" ")[-1])
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=110)
+        plt.close(fig)
+        paths.append(out / fname)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = [c["name"] for c in cells]
+    means = [c["final_acc_mean"] for c in cells]
+    err = [[m - c["final_acc_ci95"][0] if c["final_acc_ci95"] else 0 for m, c in zip(means, cells)],
+           [c["final_acc_ci95"][1] - m if c["final_acc_ci95"] else 0 for m, c in zip(means, cells)]]
+    a1.bar(names, means, yerr=err, capsize=4, color="tab:blue", alpha=0.7)
+    a1.set(title="final held-out accuracy (95% interval)", ylabel="accuracy")
+    a2.bar(names, [c["msa_to_outcome_ratio_mean"] or 0 for c in cells], color="tab:orange", alpha=0.7)
+    a2.set(title="MSA term / outcome term (|advantage| ratio)", ylabel="ratio")
+    for a in (a1, a2):
+        a.tick_params(axis="x", rotation=45, labelsize=7)
+        a.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(out / "final.png", dpi=110)
+    plt.close(fig)
+    paths.append(out / "final.png")
+    return paths
+
+
+def write_report(study: Study) -> dict[str, Any]:
+    """summary.json, report.md and the plots, written into the study's output_dir; returns the summary."""
+    summary = build_summary(study)
+    out = study.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    draw_plots(summary, out)
+    (out / "report.md").write_text(render_markdown(summary))
+    return summary
