@@ -156,6 +156,8 @@ EXERCISED: dict[str, tuple[str, ...]] = {
     "algo.mis_high": ("tests/algo/test_importance_sampling.py::test_mis_equals_loop_reference",
                       f"{MIS}::test_sequence_mis_reports_what_it_keeps"),
     "algo.old_logprobs": (f"{MIS}::test_engine_logprobs_as_old_policy",),
+    "data.synthetic_task": ("tests/data/test_synthetic_chain.py::test_config_selects_the_task_and_keeps_the_quickstart_files",
+                            "tests/study/test_study_cli.py::test_tiny_grid_end_to_end"),
     "trainer.packing": (f"{PACK}::test_packed_update_equals_padded", "tests/models/test_packing.py::test_packed_equals_padded"),
     "pav.data_dir": (f"{COLLECT}::test_rows_bookkeeping_and_fields", f"{PTRAIN}::test_loss_decreases_and_lr_follows_warmup_cosine"),
     "pav.n_mc": (f"{COLLECT}::test_q_hat_lies_in_the_binomial_interval_of_the_exact_q", f"{COLLECT}::test_rows_bookkeeping_and_fields"),
