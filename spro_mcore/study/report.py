@@ -68,7 +68,8 @@ def _minutes(s: Optional[float]) -> str:
 
 def render_markdown(summary: dict[str, Any]) -> str:
     cells = summary["cells"]
-    L = [f"# Study: {Path(summary['study_file']).stem}", "",
+    f = Path(summary["study_file"])
+    L = [f"# Study: {f.parent.name if f.stem == 'study' else f.stem}", "",
          f"Written by `spro-mcore study --config {summary['study_file']}`. Base config `{summary['base']}`, "
          f"seeds {summary['seeds']} (each is `trainer.seed`), applied to every cell: "
          + (", ".join(f"`{k}={format_value(v)}`" for k, v in summary["overrides"].items()) or "nothing") + ".",

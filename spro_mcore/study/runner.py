@@ -78,16 +78,19 @@ def _last_line(log: Path) -> str:
 
 
 class _Child:
-    """The running trainer subprocess; SIGTERM to the study is passed on, so the run saves and stops."""
+    """The running trainer subprocess; SIGTERM to the study is passed on, so the run saves and stops, and
+    the study stops once it has (no wait() in the handler: Popen's wait lock is held by the loop's wait)."""
 
     proc: subprocess.Popen | None = None
+    stop: bool = False
 
     @classmethod
     def forward(cls, signum, frame):
+        cls.stop = True
         if cls.proc is not None and cls.proc.poll() is None:
             cls.proc.send_signal(signum)
-            cls.proc.wait()
-        raise SystemExit(128 + signum)
+        else:
+            raise SystemExit(128 + signum)
 
 
 def run_one(study: Study, cell: Cell, seed: int) -> int:
@@ -122,6 +125,7 @@ def run_all(study: Study, *, progress: bool = True) -> list[Failure]:
     # seed-major: a study stopped part-way has every cell at the same number of seeds (or one fewer)
     runs = [(cell, seed) for seed in study.seeds for cell in study.cells]
     failures: list[Failure] = []
+    _Child.stop = False
     previous = signal.signal(signal.SIGTERM, _Child.forward)
     bar = Progress(TextColumn("[bold]study runs"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}"),
                    TimeElapsedColumn(), console=Console(stderr=True), disable=not progress)
@@ -135,6 +139,8 @@ def run_all(study: Study, *, progress: bool = True) -> list[Failure]:
                     continue
                 bar.update(task, description=f"{cell.name} seed {seed}")
                 rc = run_one(study, cell, seed)
+                if _Child.stop:  # SIGTERM: the run saved a checkpoint; the next invocation resumes it
+                    raise SystemExit(128 + signal.SIGTERM)
                 if rc != 0:
                     failures.append(Failure(cell.name, seed, rc, _last_line(run_dir / LOG), run_dir / LOG))
                     bar.console.print(f"study: run {cell.name} seed {seed} failed (exit {rc}); see {run_dir / LOG}")
