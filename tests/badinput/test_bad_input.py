@@ -27,7 +27,6 @@ TINY = Path(__file__).resolve().parents[2] / "spro_mcore" / "assets" / "tiny_bas
 QUICK = ["trainer.total_steps=1", "data.prompts_per_step=2", "rollout.n=2", "rollout.max_new_tokens=8",
          "data.synthetic_train_size=16", "data.synthetic_eval_size=2", "trainer.eval_interval=0",
          "logging.progress_bar=false", "logging.tensorboard=false"]
-UNWIRED = pytest.mark.xfail(strict=True, reason="refused by config/unwired.py on branch unwired-recipes")
 
 
 # ---- builders ---------------------------------------------------------------------------------------------
@@ -273,8 +272,8 @@ CASES = [
     Case("fp8-without-te", train("model.fp8=e4m3", "model.transformer_impl=local"), r"model\.fp8 needs Transformer Engine"),
     Case("sequence-parallel-tp1", train("parallel.sequence_parallel=true"), r"parallel\.sequence_parallel"),
     # parallel layouts not wired in (refused at load time, before a world exists: the `config` command)
-    Case("context-parallel", lambda tmp, stack: ["config", "parallel.cp=2"], r"parallel\.cp", marks=(UNWIRED,)),
-    Case("expert-parallel-dense", lambda tmp, stack: ["config", "parallel.ep=2"], r"parallel\.ep", marks=(UNWIRED,)),
+    Case("context-parallel", lambda tmp, stack: ["config", "parallel.cp=2"], r"parallel\.cp"),
+    Case("expert-parallel-dense", lambda tmp, stack: ["config", "parallel.ep=2"], r"parallel\.ep"),
     # model folders
     Case("model-missing", train("model.path={tmp}/nope"), r"model\.path='{tmp}/nope' does not exist"),
     Case("model-builtin-unknown", train("model.path=builtin:huge"), r"model\.path=builtin:huge: no shipped model"),
