@@ -37,8 +37,8 @@ def process_group(group: Group):
 
 
 def size(group: Group = "world") -> int:
-    if not dist.is_initialized():
-        return 1
+    if (group is None or isinstance(group, str)) and not dist.is_initialized():
+        return 1  # no job-wide group (a plain process); a group object (e.g. an engine's own) has its size
     return dist.get_world_size(process_group(group))
 
 
