@@ -106,13 +106,7 @@ class VllmEngine(Engine):
         )
         if external:
             kwargs["distributed_executor_backend"] = "external_launcher"
-        if torch.cuda.is_available():
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        elif kv_cache_memory_bytes > 0:  # on CPU the memory fraction is read against one NUMA node: fails
-            kwargs["kv_cache_memory_bytes"] = kv_cache_memory_bytes
-        else:
-            raise EngineError("vllm colocated engine on CPU needs rollout.kv_cache_memory_bytes > 0 "
-                              "(e.g. 268435456)")
+        kwargs.update(memory_kwargs(torch.cuda.is_available(), gpu_memory_utilization, kv_cache_memory_bytes))
         import vllm
 
         try:
@@ -226,3 +220,13 @@ def _keep_default_process_group():
         yield
     finally:
         dist.destroy_process_group = original
+
+
+def memory_kwargs(cuda: bool, gpu_memory_utilization: float, kv_cache_memory_bytes: int) -> dict:
+    """How vLLM sizes its memory: a fraction of the GPU on CUDA (rollout.gpu_memory_utilization), a fixed KV
+    cache on CPU (rollout.kv_cache_memory_bytes; the fraction would be read against one NUMA node and fail)."""
+    if cuda:
+        return {"gpu_memory_utilization": gpu_memory_utilization}
+    if kv_cache_memory_bytes > 0:
+        return {"kv_cache_memory_bytes": kv_cache_memory_bytes}
+    raise EngineError("vllm colocated engine on CPU needs rollout.kv_cache_memory_bytes > 0 (e.g. 268435456)")

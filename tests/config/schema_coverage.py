@@ -158,6 +158,7 @@ EXERCISED: dict[str, tuple[str, ...]] = {
     "algo.old_logprobs": (f"{MIS}::test_engine_logprobs_as_old_policy",),
     "data.synthetic_task": ("tests/data/test_synthetic_chain.py::test_config_selects_the_task_and_keeps_the_quickstart_files",
                             "tests/study/test_study_cli.py::test_tiny_grid_end_to_end"),
+    "rollout.gpu_memory_utilization": ("tests/rollout/test_vllm_memory.py::test_the_config_value_reaches_the_engine_arguments",),
     "trainer.packing": (f"{PACK}::test_packed_update_equals_padded", "tests/models/test_packing.py::test_packed_equals_padded"),
     "pav.data_dir": (f"{COLLECT}::test_rows_bookkeeping_and_fields", f"{PTRAIN}::test_loss_decreases_and_lr_follows_warmup_cosine"),
     "pav.n_mc": (f"{COLLECT}::test_q_hat_lies_in_the_binomial_interval_of_the_exact_q", f"{COLLECT}::test_rows_bookkeeping_and_fields"),
@@ -187,5 +188,4 @@ REFUSED: dict[str, str] = {
 }
 
 PENDING: dict[str, str] = {
-    "rollout.gpu_memory_utilization": "CUDA only (vllm.LLM's memory fraction on a GPU); no GPU test yet",
 }
