@@ -112,6 +112,22 @@ def split_of(expression: str, test_fraction: float = 0.1) -> str:
     return "test" if h < test_fraction * 2**64 else "train"
 
 
+def draw_distinct(n: int, split: str, test_fraction: float, sample, solve) -> list[Problem]:
+    """Up to ``n`` distinct problems of ``split``: ``sample()`` draws an expression, ``solve`` makes it a problem
+    (at most 200 n + 1000 draws; a caller that gets fewer than ``n`` says why in its own terms)."""
+    seen: set[str] = set()
+    problems: list[Problem] = []
+    for _ in range(200 * n + 1000):
+        if len(problems) == n:
+            break
+        expr = sample()
+        if expr in seen or split_of(expr, test_fraction) != split:
+            continue
+        seen.add(expr)
+        problems.append(solve(expr))
+    return problems
+
+
 def generate_split(
     split: str,
     n: int,
@@ -126,16 +142,8 @@ def generate_split(
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     rng = random.Random(f"spro-synthetic-arithmetic/{seed}/{split}")  # str seeds hash with sha512: stable
-    seen: set[str] = set()
-    problems: list[Problem] = []
-    for _ in range(200 * n + 1000):
-        if len(problems) == n:
-            break
-        expr = sample_expression(rng, min_steps, max_steps, max_operand)
-        if expr in seen or split_of(expr, test_fraction) != split:
-            continue
-        seen.add(expr)
-        problems.append(solve(expr))
+    problems = draw_distinct(n, split, test_fraction,
+                             lambda: sample_expression(rng, min_steps, max_steps, max_operand), solve)
     if len(problems) < n:
         raise ValueError(
             f"could draw only {len(problems)} distinct {split} problems of the {n} asked for "

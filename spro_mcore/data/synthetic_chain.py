@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 import re
 
-from spro_mcore.data.synthetic_arithmetic import Problem, split_of
+from spro_mcore.data.synthetic_arithmetic import Problem, draw_distinct
 
 STRATEGIES = ("correct", "left_to_right", "drop_parens")
 
@@ -108,16 +108,8 @@ def generate_split(split: str, n: int, seed: int = 0, *, min_steps: int = 5, max
     if split not in ("train", "test"):
         raise ValueError(f"unknown split {split!r}; expected train or test")
     rng = random.Random(f"spro-synthetic-chain/{seed}/{split}")  # str seeds hash with sha512: stable
-    seen: set[str] = set()
-    problems: list[Problem] = []
-    for _ in range(200 * n + 1000):
-        if len(problems) == n:
-            break
-        expr = sample_expression(rng, min_steps, max_steps, max_operand)
-        if expr in seen or split_of(expr, test_fraction) != split:
-            continue
-        seen.add(expr)
-        problems.append(solve(expr))
+    problems = draw_distinct(n, split, test_fraction,
+                             lambda: sample_expression(rng, min_steps, max_steps, max_operand), solve)
     if len(problems) < n:
         raise ValueError(f"could draw only {len(problems)} distinct {split} chain problems of the {n} asked for")
     return problems
