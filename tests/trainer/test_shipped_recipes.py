@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -196,9 +197,16 @@ def _launch(cmd_args: list[str], multi_node: bool, log: Path, timeout: float) ->
     else:
         script = ROOT / "launch" / "torchrun_single_node.sh"
     with open(log, "w") as f:
-        r = subprocess.run(["bash", str(script), *cmd_args], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
-                           timeout=timeout, start_new_session=True)
-    return r
+        p = subprocess.Popen(["bash", str(script), *cmd_args], cwd=ROOT, env=env, stdout=f,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            p.wait(timeout=timeout)
+            return subprocess.CompletedProcess(p.args, p.returncode)
+        except subprocess.TimeoutExpired:  # kill the whole group (torchrun's ranks too); say where it was
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            pytest.fail(f"launch did not finish in {timeout:.0f} s; its log ends:\n"
+                        f"{log.read_text(errors='replace')[-4000:]}")
 
 
 @pytest.mark.parametrize("recipe", _cases())
