@@ -19,6 +19,7 @@ from torch import Tensor
 
 from spro_mcore.algo.advantage_metrics import advantage_metrics
 from spro_mcore.algo.advantages import grpo_outcome_advantages, outcome_on_tokens, spro_advantage_terms
+from spro_mcore.algo.msa_balance import balanced_spro_terms
 
 Estimator = Callable[..., tuple[Tensor, Tensor]]
 BATCH_KEYS = ("old_logprobs", "ref_logprobs", "response_mask", "rewards", "group_ids")
@@ -90,3 +91,12 @@ def _spro(*, old_logprobs: Tensor | None, ref_logprobs: Tensor | None, response_
     """SPRO: GRPO outcome term + Masked Step Advantage of the self-guided process reward."""
     return spro_advantage_terms(old_logprobs, ref_logprobs, response_mask, rewards, group_ids, beta=beta,
                                 std_normalize=std_normalize, eps=eps, baseline=baseline)
+
+
+@register_estimator("spro_balanced")
+def _spro_balanced(*, old_logprobs: Tensor | None, ref_logprobs: Tensor | None, response_mask: Tensor,
+                   rewards: Tensor, group_ids: Tensor, msa_ratio: float, std_normalize: bool = True,
+                   eps: float = 1e-6, baseline: str = "mean") -> tuple[Tensor, Tensor]:
+    """A variant, not the paper's: SPRO's MSA rescaled per batch to msa_ratio x the outcome term's size."""
+    return balanced_spro_terms(old_logprobs, ref_logprobs, response_mask, rewards, group_ids, msa_ratio=msa_ratio,
+                               std_normalize=std_normalize, eps=eps, baseline=baseline)

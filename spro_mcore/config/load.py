@@ -194,7 +194,7 @@ def validate(cfg: Config) -> None:
         splitter_pattern(cfg.pav.splitter)
     except ValueError as e:
         raise ConfigError(f"config key 'pav.splitter': {e}") from None
-    if cfg.rollout.n < 2 and cfg.algo.estimator in ("spro", "grpo"):
+    if cfg.rollout.n < 2 and cfg.algo.estimator in ("spro", "grpo", "spro_balanced"):
         raise ConfigError(f"rollout.n = {cfg.rollout.n}: group-relative estimators need at least 2 samples per prompt")
     refuse_unwired(cfg)
 

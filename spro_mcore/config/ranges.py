@@ -34,6 +34,7 @@ RANGES: dict[str, tuple[Callable[[object], bool], str]] = {
     "rollout.gpu_memory_utilization": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "rollout.engine_tp": (lambda v: v >= 1, ">= 1"),
     "algo.eps": (lambda v: v > 0, "> 0"),
+    "algo.msa_ratio": (lambda v: v >= 0, ">= 0"),
     "algo.dual_clip_c": (lambda v: v is None or v > 1, "null (off) or > 1"),
     "data.reward_timeout_s": (lambda v: v > 0, "> 0 seconds (a verifier without time limit could hang the run)"),
     "trainer.eval_n": (lambda v: v >= 1, ">= 1"),

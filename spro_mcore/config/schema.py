@@ -60,8 +60,9 @@ class RolloutConfig:
 
 @dataclass
 class AlgoConfig:
-    estimator: str = "spro"  # spro | grpo
+    estimator: str = "spro"  # spro | grpo | spro_balanced (a variant, not the paper's: see algo/msa_balance.py)
     beta: float = 0.1  # SPRO: scale of the self-guided process reward beta*(log pi_old - log pi_ref)
+    msa_ratio: float = 0.25  # spro_balanced only: mean |MSA| held at this multiple of mean |outcome term|
     baseline: str = "mean"  # SPRO MSA baseline: mean (paper, self included) | leave_one_out
     std_normalize: bool = True  # GRPO term: divide by the group std (False = Dr. GRPO)
     eps: float = 1e-6  # std epsilon
@@ -199,7 +200,7 @@ CHOICES: dict[str, tuple] = {
     "rollout.mode": ("colocated", "server"),
     "rollout.dtype": ("float32", "bfloat16", "float16"),
     "rollout.weight_sync": ("auto", "tensors", "folder", "nccl"),
-    "algo.estimator": ("spro", "grpo"),
+    "algo.estimator": ("spro", "grpo", "spro_balanced"),
     "algo.baseline": ("mean", "leave_one_out"),
     "algo.loss_agg": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"),
     "algo.kl_estimator": ("k1", "k2", "k3"),

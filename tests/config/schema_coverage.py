@@ -75,6 +75,8 @@ EXERCISED: dict[str, tuple[str, ...]] = {
     # algo
     "algo.estimator": (f"{E2E}::test_spro_and_grpo_first_updates_identical", RECIPES),
     "algo.beta": ("tests/algo/test_advantages.py::test_spro_hand_computed_mean_baseline",),
+    "algo.msa_ratio": ("tests/algo/test_msa_balance.py::test_matches_loop_reference_on_random_batches",
+                       "tests/trainer/test_e2e.py::test_spro_balanced_variant_through_the_cli"),
     "algo.baseline": ("tests/algo/test_advantages.py::test_spro_hand_computed_leave_one_out",),
     "algo.std_normalize": ("tests/algo/test_advantages.py::test_spro_with_std_normalised_outcome_and_terms",),
     "algo.eps": ("tests/algo/test_advantages.py::test_grpo_degenerate_groups_are_exactly_zero",),

@@ -93,6 +93,16 @@ def test_spro_and_grpo_first_updates_identical(tmp_path):
     assert any(not torch.equal(a[k], base[k]) for k in a)
 
 
+def test_spro_balanced_variant_through_the_cli(tmp_path):
+    """The off-by-default variant: from step 2 (policy != reference) its MSA is held at msa_ratio x outcome."""
+    train(tmp_path / "run", "trainer.total_steps=2", "trainer.eval_interval=0", "data.prompts_per_step=8",
+          "algo.estimator=spro_balanced", "algo.msa_ratio=0.5", "algo.entropy_coef=0.01")
+    m = metrics(tmp_path / "run")
+    assert m[1]["adv/msa_abs_mean"] == 0.0  # policy == reference at step 1
+    assert m[2]["adv/grpo_abs_mean"] > 0, "no outcome signal at step 2: pick another seed"
+    assert abs(m[2]["adv/msa_abs_mean"] / m[2]["adv/grpo_abs_mean"] - 0.5) < 1e-4
+
+
 @pytest.mark.dist
 def test_tp2_first_step_equals_single_process(tmp_path):
     one = ["trainer.total_steps=1", "trainer.eval_interval=0", "checkpoint.export_hf=false"]
