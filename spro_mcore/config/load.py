@@ -194,7 +194,15 @@ def validate(cfg: Config) -> None:
         splitter_pattern(cfg.pav.splitter)
     except ValueError as e:
         raise ConfigError(f"config key 'pav.splitter': {e}") from None
-    if cfg.rollout.n < 2 and cfg.algo.estimator in ("spro", "grpo"):
+    if a.pav_splitter:
+        try:
+            splitter_pattern(a.pav_splitter)
+        except ValueError as e:
+            raise ConfigError(f"config key 'algo.pav_splitter': {e}") from None
+    if a.estimator == "pav" and a.pav_source == "verifier" and not a.pav_path:
+        raise ConfigError("algo.estimator=pav with algo.pav_source=verifier needs algo.pav_path (a `spro-mcore pav "
+                          "train` output directory), or set algo.pav_source=mc")
+    if cfg.rollout.n < 2 and cfg.algo.estimator in ("spro", "grpo", "pav"):
         raise ConfigError(f"rollout.n = {cfg.rollout.n}: group-relative estimators need at least 2 samples per prompt")
     refuse_unwired(cfg)
 
