@@ -25,6 +25,7 @@ class Components:
     eval_prompts: list
     scorer: Any  # trainer.group_scorer.GroupScorer
     model_path: str
+    process_reward: Any = None  # trainer.process_reward: (batch, prompts, step) -> (estimator inputs, cost metrics)
     start_step: int = 0
 
 
@@ -46,6 +47,7 @@ def build_components(cfg: Config, layout: Layout, *, checkpointer=None) -> Compo
     from spro_mcore.rollout.engine import EngineSpec, build_engine
     from spro_mcore.trainer.policy.megatron_policy import MegatronPolicy
     from spro_mcore.trainer.group_scorer import GroupScorer
+    from spro_mcore.trainer.process_reward import build_process_reward
     from spro_mcore.trainer.prompts import build_prompt_sources
 
     model_path = resolve_model_path(cfg.model.path)
@@ -72,8 +74,9 @@ def build_components(cfg: Config, layout: Layout, *, checkpointer=None) -> Compo
 
             engine = EngineGroup(engine, collectives.process_group("mp"), cfg.rollout.engine_tp)
     scorer = GroupScorer(cfg.data.reward_fn, timeout_s=cfg.data.reward_timeout_s)
+    process_reward = build_process_reward(cfg, layout, tokenizer=tokenizer, engine=engine, scorer=scorer)
     parts = Components(policy=policy, engine=engine, tokenizer=tokenizer, pad_id=pad_id, prompts=prompts,
-                       eval_prompts=eval_prompts, scorer=scorer, model_path=model_path)
+                       eval_prompts=eval_prompts, scorer=scorer, model_path=model_path, process_reward=process_reward)
     if checkpointer is not None:
         parts.start_step = checkpointer.restore(parts)
     return parts
