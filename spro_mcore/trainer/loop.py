@@ -43,7 +43,7 @@ class Trainer:
         self.engine = parts.engine  # None on ranks that do not generate
         self.sleep_when_idle = cfg.rollout.sleep_when_idle and self.engine is not None
         self.step_no = parts.start_step
-        self.process_reward = parts.process_reward or NoProcessReward()
+        self.process_reward = getattr(parts, "process_reward", None) or NoProcessReward()
         # the algo.* fields the chosen estimator takes (beta and baseline are SPRO's alone)
         self.estimator_options = {k: getattr(cfg.algo, k) for k in estimator_options(cfg.algo.estimator)}
 
