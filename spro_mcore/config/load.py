@@ -231,6 +231,11 @@ def validate_world_size(cfg: Config, world_size: int) -> int:
         # vLLM groups consecutive ranks into engines: each must stay inside one tensor-parallel group (one replica)
         raise ConfigError(f"rollout.engine_tp = {r.engine_tp} must divide parallel.tp = {p.tp} for colocated vLLM "
                           "in a multi-rank job (each engine lives inside one tensor-parallel group)")
+    if (cfg.algo.estimator == "pav" and cfg.algo.pav_source == "mc" and r.engine == "vllm" and r.mode == "colocated"
+            and world_size > 1):
+        # the mc prover's continuations run on the engine of each group's first rank only
+        raise ConfigError("algo.pav_source=mc is not wired for colocated vLLM on several ranks: use rollout.engine=hf, "
+                          "rollout.mode=server, one process, or algo.pav_source=verifier")
     return dp
 
 
