@@ -1,4 +1,5 @@
-"""The Monte-Carlo process reward against a by-hand account: a stand-in engine (deterministic continuations)
+"""The verifier process reward against HF transformers (the verifier's body run by transformers, its head applied
+at the prompt's last token and each step's last token, by hand), and the Monte-Carlo process reward against a by-hand account: a stand-in engine (deterministic continuations)
 and a stand-in scorer (a fixed pseudo-random outcome per text) on responses whose steps are known by
 construction (the tiny base's tokenizer has one token per character): Q-hat of every step prefix but the last
 is the mean outcome of its continuations, the last step's Q is the response's own outcome, V(prompt) is the
@@ -91,3 +92,53 @@ def test_mc_q_hat_by_hand():
 def test_grpo_and_spro_have_no_process_inputs_and_zero_cost():
     process, cost = NoProcessReward()(None, None, 0)
     assert process == {} and set(cost.values()) == {0.0}
+
+
+def _batch(tok):
+    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]
+    prompts = [SimpleNamespace(input_ids=enc("1+1="), answer="2", metadata={}),
+               SimpleNamespace(input_ids=enc("22*3="), answer="66", metadata={})]
+    responses = [["ab\ncd\ne", "x"], ["q\nr", "s\n\nt\nu"]]
+    groups = [[Sample(enc(r) + [0], [0.0] * (len(enc(r)) + 1), "stop") for r in g] for g in responses]
+    return prompts, build_rollout_batch([p.input_ids for p in prompts], groups, [[1.0, 0.0], [0.0, 1.0]], pad_id=1)
+
+
+def _verifier_in_megatron(vdir):
+    from spro_mcore.parallel import initialize_model_parallel
+    from spro_mcore.trainer.process_reward import VerifierProcessReward
+
+    initialize_model_parallel(1, 1)
+    tok = AutoTokenizer.from_pretrained(TINY)
+    prompts, batch = _batch(tok)
+    # a token budget of 40: micro-batches of 2 rows (the padded length is 13-14)
+    cfg = load_config(None, ["algo.estimator=pav", f"algo.pav_path={vdir}", "trainer.micro_batch_tokens=40"])
+    return VerifierProcessReward(cfg, tok)(batch, prompts, 0)
+
+
+def test_verifier_q_matches_hf_transformers(tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from tests.multiproc import run_in_processes
+    from tests.pav.random_verifier import make_random_verifier
+
+    vdir = make_random_verifier(tmp_path / "v")
+    process, cost = run_in_processes(_verifier_in_megatron, 1, str(vdir), timeout=300)[0]
+    tok = AutoTokenizer.from_pretrained(TINY)
+    _, batch = _batch(tok)
+    hf = AutoModelForCausalLM.from_pretrained(vdir, dtype=torch.float32, attn_implementation="eager").eval()
+    head = load_file(str(vdir / "value_head.safetensors"))
+    # the last token of each step, by hand (one token per character; EOS joins the last step)
+    step_ends = [[3, 6, 8], [2], [2, 4], [3, 5, 7]]
+    assert cost["pav/verifier_tokens"] == float(batch.total_lens.sum())
+    for b, ends in enumerate(step_ends):
+        n = int(batch.total_lens[b])
+        with torch.no_grad():
+            hidden = hf(batch.input_ids[b:b + 1, :n], output_hidden_states=True).hidden_states[-1][0]
+        p = int(batch.prompt_lens[b])
+        q = torch.sigmoid(hidden[[p - 1] + [p + e - 1 for e in ends]] @ head["value_head.weight"][0]
+                          + head["value_head.bias"][0])
+        torch.testing.assert_close(process["prompt_value"][b], q[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(process["step_q"][b, :len(ends)], q[1:], atol=1e-5, rtol=0)
+        assert process["step_index"][b, ends[-1] - 1] == len(ends) - 1
+    assert process["step_q"].std() > 1e-3  # the readings differ: the comparison is not of constants
