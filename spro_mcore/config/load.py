@@ -202,6 +202,9 @@ def validate(cfg: Config) -> None:
     if a.estimator == "pav" and a.pav_source == "verifier" and not a.pav_path:
         raise ConfigError("algo.estimator=pav with algo.pav_source=verifier needs algo.pav_path (a `spro-mcore pav "
                           "train` output directory), or set algo.pav_source=mc")
+    if a.estimator == "pav" and a.pav_source == "verifier" and a.pav_prover != "initial":
+        raise ConfigError("algo.pav_prover=current needs algo.pav_source=mc: a trained verifier predicts the Q of the "
+                          "policy it was trained for (the initial one), not of the policy being trained")
     if cfg.rollout.n < 2 and cfg.algo.estimator in ("spro", "grpo", "pav"):
         raise ConfigError(f"rollout.n = {cfg.rollout.n}: group-relative estimators need at least 2 samples per prompt")
     refuse_unwired(cfg)

@@ -83,6 +83,7 @@ class AlgoConfig:
     pav_prover_k: int = 4  # PAV: Best-of-K prover, Q^mu = 1 - (1 - Q^pi)^K (1 = the policy itself: no signal)
     pav_n_mc: int = 4  # PAV mc source: continuations of the current policy sampled after every step prefix
     pav_alpha: float = 3.0  # PAV: weight of the progress term, A = A^GRPO + alpha * A^mu (paper: 3-5)
+    pav_prover: str = "initial"  # PAV prover's base policy: initial (model.path, frozen: the paper's best) | current
     pav_splitter: str = ""  # PAV step splitter ("" = the verifier's own; mc source: "" = "\\n"); as pav.splitter
 
 
@@ -207,6 +208,7 @@ CHOICES: dict[str, tuple] = {
     "rollout.weight_sync": ("auto", "tensors", "folder", "nccl"),
     "algo.estimator": ("spro", "grpo", "pav"),
     "algo.pav_source": ("verifier", "mc"),
+    "algo.pav_prover": ("initial", "current"),
     "algo.baseline": ("mean", "leave_one_out"),
     "algo.loss_agg": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"),
     "algo.kl_estimator": ("k1", "k2", "k3"),

@@ -8,8 +8,10 @@
   model in the same TP/PP layout as the policy, one forward-only pass per response (micro-batched by
   trainer.micro_batch_tokens) giving Q^pi at the prompt's last token and at every step's last token.
 - `MonteCarloProcessReward` (pav, algo.pav_source=mc): Q-hat^pi of every step prefix from algo.pav_n_mc
-  continuations of the current policy, all prefixes in one batched engine call on the rank that owns the
-  engine (shared with the rest of its model-parallel group); the last step's Q-hat is the response's own
+  continuations, all prefixes in one batched engine call on the rank that owns the engine (shared with the
+  rest of its model-parallel group). The continuations come from the frozen initial policy (algo.pav_prover=
+  initial: a second, embedded hf engine on model.path that never receives weight updates) or from the
+  current policy (algo.pav_prover=current: the rollout engine itself); the last step's Q-hat is the response's own
   outcome and V(prompt) is its group's mean outcome (rollout.n samples of the same policy from the prompt).
 Either way the estimator gets tensors: step_index [B, T], step_q [B, S] (Q^pi after each step), prompt_value [B];
 the Best-of-K prover (algo.pav_prover_k) and the progress differences are applied in `algo/pav_advantages.py`.
@@ -94,7 +96,7 @@ class VerifierProcessReward:
 
 
 class MonteCarloProcessReward:
-    """Q-hat^pi per step prefix from algo.pav_n_mc continuations of the current policy (the rollout engine)."""
+    """Q-hat^pi per step prefix from algo.pav_n_mc continuations of `engine` (the prover's base policy)."""
 
     def __init__(self, cfg, layout, tokenizer, engine, scorer):
         self.cfg, self.layout, self.tokenizer, self.engine, self.scorer = cfg, layout, tokenizer, engine, scorer
@@ -162,10 +164,13 @@ class MonteCarloProcessReward:
         return process, cost
 
 
-def build_process_reward(cfg, layout, *, tokenizer, engine, scorer):
-    """The process reward phase for algo.estimator (and algo.pav_source)."""
+def build_process_reward(cfg, layout, *, tokenizer, engine, scorer, initial_engine=None):
+    """The process reward phase for algo.estimator (and algo.pav_source, algo.pav_prover). `initial_engine()`
+    builds the frozen initial policy's engine (called only where this rank owns the rollout engine)."""
     if cfg.algo.estimator != "pav":
         return NoProcessReward()
     if cfg.algo.pav_source == "verifier":
         return VerifierProcessReward(cfg, tokenizer)
+    if cfg.algo.pav_prover == "initial" and engine is not None:
+        engine = initial_engine()
     return MonteCarloProcessReward(cfg, layout, tokenizer, engine, scorer)

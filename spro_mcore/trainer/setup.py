@@ -3,6 +3,7 @@ that own one), prompt iterator, held-out prompts and the reward scorer; then res
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +75,14 @@ def build_components(cfg: Config, layout: Layout, *, checkpointer=None) -> Compo
 
             engine = EngineGroup(engine, collectives.process_group("mp"), cfg.rollout.engine_tp)
     scorer = GroupScorer(cfg.data.reward_fn, timeout_s=cfg.data.reward_timeout_s)
-    process_reward = build_process_reward(cfg, layout, tokenizer=tokenizer, engine=engine, scorer=scorer)
+    def initial_engine():  # PAV's frozen prover: an embedded hf engine on the initial weights, never synced
+        rollout = dataclasses.replace(cfg.rollout, engine="hf", mode="colocated", server_urls=[], engine_tp=1,
+                                      weight_sync="auto")
+        return build_engine(EngineSpec.from_rollout_config(rollout, hf_dir, seed=cfg.trainer.seed + 1,
+                                                           max_model_len=policy.arch.max_position_embeddings))
+
+    process_reward = build_process_reward(cfg, layout, tokenizer=tokenizer, engine=engine, scorer=scorer,
+                                          initial_engine=initial_engine)
     parts = Components(policy=policy, engine=engine, tokenizer=tokenizer, pad_id=pad_id, prompts=prompts,
                        eval_prompts=eval_prompts, scorer=scorer, model_path=model_path, process_reward=process_reward)
     if checkpointer is not None:

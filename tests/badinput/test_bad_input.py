@@ -290,6 +290,8 @@ CASES = [
     Case("pav-verifier-for-another-splitter", lambda t, s: (pav_verifier(t / "v"),
          train("algo.estimator=pav", "algo.pav_path={tmp}/v", "algo.pav_splitter=regex:;")(t, s))[1],
          r"algo\.pav_path={tmp}/v: the verifier reads steps split by \\n, not algo\.pav_splitter=regex:;"),
+    Case("pav-verifier-current-prover", train("algo.estimator=pav", "algo.pav_path={tmp}/v", "algo.pav_prover=current"),
+         r"algo\.pav_prover=current needs algo\.pav_source=mc"),
     Case("pav-splitter-bad-regex", train("algo.estimator=pav", "algo.pav_source=mc", "algo.pav_splitter=regex:("),
          r"'algo\.pav_splitter': splitter 'regex:\(': not a valid regular expression"),
     Case("sequence-parallel-tp1", train("parallel.sequence_parallel=true"), r"parallel\.sequence_parallel"),

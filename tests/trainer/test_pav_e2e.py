@@ -1,6 +1,6 @@
 """`algo.estimator=pav` through the `spro-mcore train` command line on CPU, both sources: the verifier (a
 random-head verifier directory on the tiny base, tests/pav/random_verifier.py: plumbing, not quality) and
-Monte-Carlo continuations; TP=2 equals one process at the first step; kill -9 and resume is bit-identical
+Monte-Carlo continuations (of the frozen initial policy, and of the current one); TP=2 equals one process at the first step; kill -9 and resume is bit-identical
 to an uninterrupted run (the prover's continuations are seeded from the checkpointed step)."""
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def test_pav_verifier_source_three_steps(tmp_path):
 
 def test_pav_mc_source_three_steps(tmp_path):
     out = tmp_path / "run"
-    train(out, *THREE, "algo.pav_source=mc", "algo.pav_n_mc=2")
+    train(out, *THREE, "algo.pav_source=mc", "algo.pav_n_mc=2", "algo.pav_prover=initial")
     m = _check(out)
     for step in (1, 2, 3):
         assert m[step]["pav/prover_tokens"] > 0 and m[step]["pav/verifier_tokens"] == 0
@@ -84,7 +84,8 @@ def test_pav_mc_kill9_resume_is_bit_identical(tmp_path):
     from spro_mcore.trainer.checkpoint import files
 
     args = ["trainer.total_steps=3", "trainer.eval_interval=0", "checkpoint.interval=1", "algo.estimator=pav",
-            "algo.pav_source=mc", "algo.pav_n_mc=2", "logging.tensorboard=false", "algo.entropy_coef=0.01"]
+            "algo.pav_source=mc", "algo.pav_n_mc=2", "logging.tensorboard=false", "algo.entropy_coef=0.01",
+            "algo.pav_prover=current"]
     ref, out = tmp_path / "ref", tmp_path / "run"
     train(ref, *args)
     # the same command, killed (-9, its whole process group) once step 1's checkpoint is complete

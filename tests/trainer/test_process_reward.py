@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 
 from spro_mcore.config import load_config
 from spro_mcore.rollout.engine import Sample
-from spro_mcore.trainer.process_reward import MonteCarloProcessReward, NoProcessReward
+from spro_mcore.trainer.process_reward import MonteCarloProcessReward, NoProcessReward, build_process_reward
 from spro_mcore.trainer.rollout_batch import build_rollout_batch
 from tests.pav.random_verifier import TINY
 
@@ -142,3 +142,19 @@ def test_verifier_q_matches_hf_transformers(tmp_path):
         torch.testing.assert_close(process["step_q"][b, :len(ends)], q[1:], atol=1e-5, rtol=0)
         assert process["step_index"][b, ends[-1] - 1] == len(ends) - 1
     assert process["step_q"].std() > 1e-3  # the readings differ: the comparison is not of constants
+
+
+def test_the_mc_prover_is_the_frozen_initial_policy_or_the_rollout_engine():
+    rollout_engine, initial = object(), object()
+    built = []
+    make = lambda: built.append(initial) or initial
+    layout = SimpleNamespace(tp=1, pp=1, dp_rank=0)
+    for prover, want in (("initial", initial), ("current", rollout_engine)):
+        cfg = load_config(None, ["algo.estimator=pav", "algo.pav_source=mc", f"algo.pav_prover={prover}"])
+        pr = build_process_reward(cfg, layout, tokenizer=None, engine=rollout_engine, scorer=None, initial_engine=make)
+        assert isinstance(pr, MonteCarloProcessReward) and pr.engine is want
+    assert built == [initial]  # built once, for the initial prover only
+    # a rank without the rollout engine builds no prover engine either
+    cfg = load_config(None, ["algo.estimator=pav", "algo.pav_source=mc"])
+    assert build_process_reward(cfg, layout, tokenizer=None, engine=None, scorer=None, initial_engine=make).engine is None
+    assert len(built) == 1
