@@ -113,3 +113,18 @@ def test_pav_mc_kill9_resume_is_bit_identical(tmp_path):
     strip = lambda m: {s: {k: v for k, v in r.items() if not k.startswith(volatile)} for s, r in m.items()}
     assert strip(metrics(ref)) == strip(metrics(out))
     assert metrics(ref)[3]["pav/prover_tokens"] > 0
+
+
+def test_initial_prover_stays_frozen_while_the_current_one_moves(tmp_path):
+    """Same seeds, same rollouts: at step 1 both provers are the initial weights (identical estimates); at step 2
+    the current-policy prover samples from the updated weights, the initial one does not (a large lr makes the
+    update visible in the sampled continuations)."""
+    two = ["trainer.total_steps=2", "trainer.eval_interval=0", "checkpoint.export_hf=false", "algo.estimator=pav",
+           "algo.pav_source=mc", "algo.pav_n_mc=2", "optim.lr=3e-3", "logging.tensorboard=false"]
+    train(tmp_path / "initial", *two, "algo.pav_prover=initial")
+    train(tmp_path / "current", *two, "algo.pav_prover=current")
+    a, b = metrics(tmp_path / "initial"), metrics(tmp_path / "current")
+    key = ("pav/prover_tokens", "adv/msa_abs_mean", "loss/policy")
+    assert [a[1][k] for k in key] == [b[1][k] for k in key]
+    assert a[2]["response_length/mean"] == b[2]["response_length/mean"]  # the same rollouts at step 2...
+    assert (a[2]["pav/prover_tokens"], a[2]["adv/msa_abs_mean"]) != (b[2]["pav/prover_tokens"], b[2]["adv/msa_abs_mean"])
