@@ -194,7 +194,18 @@ def validate(cfg: Config) -> None:
         splitter_pattern(cfg.pav.splitter)
     except ValueError as e:
         raise ConfigError(f"config key 'pav.splitter': {e}") from None
-    if cfg.rollout.n < 2 and cfg.algo.estimator in ("spro", "grpo", "spro_balanced"):
+    if a.pav_splitter:
+        try:
+            splitter_pattern(a.pav_splitter)
+        except ValueError as e:
+            raise ConfigError(f"config key 'algo.pav_splitter': {e}") from None
+    if a.estimator == "pav" and a.pav_source == "verifier" and not a.pav_path:
+        raise ConfigError("algo.estimator=pav with algo.pav_source=verifier needs algo.pav_path (a `spro-mcore pav "
+                          "train` output directory), or set algo.pav_source=mc")
+    if a.estimator == "pav" and a.pav_source == "verifier" and a.pav_prover != "initial":
+        raise ConfigError("algo.pav_prover=current needs algo.pav_source=mc: a trained verifier predicts the Q of the "
+                          "policy it was trained for (the initial one), not of the policy being trained")
+    if cfg.rollout.n < 2 and cfg.algo.estimator in ("spro", "grpo", "spro_balanced", "pav"):
         raise ConfigError(f"rollout.n = {cfg.rollout.n}: group-relative estimators need at least 2 samples per prompt")
     refuse_unwired(cfg)
 
@@ -223,6 +234,11 @@ def validate_world_size(cfg: Config, world_size: int) -> int:
         # vLLM groups consecutive ranks into engines: each must stay inside one tensor-parallel group (one replica)
         raise ConfigError(f"rollout.engine_tp = {r.engine_tp} must divide parallel.tp = {p.tp} for colocated vLLM "
                           "in a multi-rank job (each engine lives inside one tensor-parallel group)")
+    if (cfg.algo.estimator == "pav" and cfg.algo.pav_source == "mc" and r.engine == "vllm" and r.mode == "colocated"
+            and world_size > 1):
+        # the mc prover's continuations run on the engine of each group's first rank only
+        raise ConfigError("algo.pav_source=mc is not wired for colocated vLLM on several ranks: use rollout.engine=hf, "
+                          "rollout.mode=server, one process, or algo.pav_source=verifier")
     return dp
 
 

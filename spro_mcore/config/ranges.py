@@ -57,7 +57,8 @@ def check_ranges(cfg: Config) -> None:
         if not accepts(value):
             raise RangeError(f"config key '{key}' = {value} is out of range: must be {words}")
     o, t = cfg.optim, cfg.trainer
-    for key in ("optim.lr", "algo.beta", "algo.eps_low", "algo.eps_high", "rollout.temperature", "optim.clip_grad"):
+    for key in ("optim.lr", "algo.beta", "algo.eps_low", "algo.eps_high", "rollout.temperature", "optim.clip_grad",
+                "algo.pav_alpha"):
         value = _get(cfg, key)
         if isinstance(value, float) and not math.isfinite(value):
             raise RangeError(f"config key '{key}' = {value} must be a finite number")

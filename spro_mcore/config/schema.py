@@ -60,7 +60,7 @@ class RolloutConfig:
 
 @dataclass
 class AlgoConfig:
-    estimator: str = "spro"  # spro | grpo | spro_balanced (a variant, not the paper's: see algo/msa_balance.py)
+    estimator: str = "spro"  # spro | grpo | pav | spro_balanced (a variant, not the paper's: see algo/msa_balance.py)
     beta: float = 0.1  # SPRO: scale of the self-guided process reward beta*(log pi_old - log pi_ref)
     msa_ratio: float = 0.25  # spro_balanced only: mean |MSA| held at this multiple of mean |outcome term|
     baseline: str = "mean"  # SPRO MSA baseline: mean (paper, self included) | leave_one_out
@@ -79,6 +79,13 @@ class AlgoConfig:
     mis_low: float = 0.5  # MIS: drop tokens/sequences whose trainer/engine ratio is below this
     mis_high: float = 2.0  # MIS: ... or above this (IcePop: mis=token, mis_low=0.5, mis_high=5)
     old_logprobs: str = "recompute"  # recompute: trainer's forward pass; engine: the engine's own (one pass fewer)
+    pav_source: str = "verifier"  # PAV: where Q^pi per step comes from: verifier (algo.pav_path) | mc (continuations)
+    pav_path: str = ""  # PAV verifier source: a `pav train` output directory (trained for model.path)
+    pav_prover_k: int = 4  # PAV: Best-of-K prover, Q^mu = 1 - (1 - Q^pi)^K (1 = the policy itself: no signal)
+    pav_n_mc: int = 4  # PAV mc source: continuations of the current policy sampled after every step prefix
+    pav_alpha: float = 3.0  # PAV: weight of the progress term, A = A^GRPO + alpha * A^mu (paper: 3-5)
+    pav_prover: str = "initial"  # PAV prover's base policy: initial (model.path, frozen: the paper's best) | current
+    pav_splitter: str = ""  # PAV step splitter ("" = the verifier's own; mc source: "" = "\\n"); as pav.splitter
 
 
 @dataclass
@@ -200,7 +207,9 @@ CHOICES: dict[str, tuple] = {
     "rollout.mode": ("colocated", "server"),
     "rollout.dtype": ("float32", "bfloat16", "float16"),
     "rollout.weight_sync": ("auto", "tensors", "folder", "nccl"),
-    "algo.estimator": ("spro", "grpo", "spro_balanced"),
+    "algo.estimator": ("spro", "grpo", "pav", "spro_balanced"),
+    "algo.pav_source": ("verifier", "mc"),
+    "algo.pav_prover": ("initial", "current"),
     "algo.baseline": ("mean", "leave_one_out"),
     "algo.loss_agg": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"),
     "algo.kl_estimator": ("k1", "k2", "k3"),
@@ -219,12 +228,12 @@ POSITIVE = (
     "parallel.tp", "parallel.pp", "parallel.cp", "parallel.ep", "rollout.n", "rollout.max_new_tokens",
     "rollout.temperature", "rollout.bucket_bytes", "data.prompts_per_step", "data.max_prompt_tokens",
     "trainer.total_steps", "trainer.mini_batches", "trainer.ppo_epochs", "trainer.micro_batch_tokens",
-    "model.logprob_chunk_tokens", "checkpoint.keep_last", "algo.tis_cap", "algo.mis_low", "rollout.engine_tp", "pav.n_mc", "pav.num_prompts",
+    "model.logprob_chunk_tokens", "checkpoint.keep_last", "algo.tis_cap", "algo.mis_low", "rollout.engine_tp", "pav.n_mc", "algo.pav_n_mc", "algo.pav_prover_k", "pav.num_prompts",
     "pav.samples_per_prompt", "pav.prompts_per_batch", "pav.prover_k", "pav.train_steps", "pav.batch_size",
     "search.beam_width", "search.candidates", "search.num_prompts",
 )
 NON_NEGATIVE = (
     "parallel.dp", "algo.beta", "algo.eps_low", "algo.eps_high", "algo.kl_coef", "algo.entropy_coef",
     "optim.lr", "optim.weight_decay", "optim.clip_grad", "optim.warmup_steps", "trainer.eval_interval",
-    "checkpoint.interval", "pav.eval_interval", "search.alpha",
+    "checkpoint.interval", "pav.eval_interval", "search.alpha", "algo.pav_alpha",
 )

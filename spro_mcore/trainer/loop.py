@@ -2,7 +2,8 @@
 
     prompts -> engine.generate (n per prompt) -> rewards
             -> policy.logprobs (old) + reference.logprobs
-            -> algo.advantages (GRPO outcome term + SPRO MSA)
+            -> process reward (PAV: verifier pass or Monte-Carlo continuations; nothing for SPRO/GRPO)
+            -> algo.advantages (GRPO outcome term + SPRO MSA, or + PAV progress)
             -> policy.update (PPO-clip, Megatron forward-backward + distributed optimizer)
             -> weight sync (Megatron shards -> HF-named tensors -> engine)
 
@@ -28,6 +29,7 @@ from spro_mcore.rollout.engine import EngineError, SamplingParams
 from spro_mcore.trainer.policy import Policy
 from spro_mcore.trainer.evaluate import evaluate
 from spro_mcore.trainer.metrics import MetricsLogger, StepTimer
+from spro_mcore.trainer.process_reward import NoProcessReward
 from spro_mcore.trainer.rollout_batch import RolloutBatch, build_rollout_batch
 from spro_mcore.trainer.setup import Components
 
@@ -41,6 +43,7 @@ class Trainer:
         self.engine = parts.engine  # None on ranks that do not generate
         self.sleep_when_idle = cfg.rollout.sleep_when_idle and self.engine is not None
         self.step_no = parts.start_step
+        self.process_reward = getattr(parts, "process_reward", None) or NoProcessReward()
         # the algo.* fields the chosen estimator takes (beta and baseline are SPRO's alone)
         self.estimator_options = {k: getattr(cfg.algo, k) for k in estimator_options(cfg.algo.estimator)}
 
@@ -59,6 +62,8 @@ class Trainer:
             except EngineError as e:  # tell the rest of the model-parallel group, or they wait forever
                 batch = e
             batch = self._share_batch(batch)
+            with timer("process_reward"):  # PAV's extra work (SPRO's and GRPO's: their advantage math below)
+                process, process_metrics = self.process_reward(batch, prompts, self.step_no)
             if self.sleep_when_idle:  # the engine frees its memory for the Megatron passes
                 with timer("engine_sleep"):
                     self.engine.sleep()
@@ -67,11 +72,12 @@ class Trainer:
                 old_logprobs, entropy = self._old_logprobs(batch)
                 ref_logprobs, _ = self.policy.logprobs(batch, reference=True)
 
-            advantages, adv_metrics = compute_advantages(
-                cfg.algo.estimator, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
-                response_mask=batch.response_mask, rewards=batch.rewards, group_ids=batch.group_ids,
-                **self.estimator_options,
-            )
+            with timer("process_reward"):
+                advantages, adv_metrics = compute_advantages(
+                    cfg.algo.estimator, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
+                    response_mask=batch.response_mask, rewards=batch.rewards, group_ids=batch.group_ids,
+                    process=process, **self.estimator_options,
+                )
 
             with timer("update"):
                 update_metrics = self.policy.update(batch, advantages, old_logprobs, ref_logprobs)
@@ -82,7 +88,7 @@ class Trainer:
             with timer("weight_sync"):
                 sync_metrics = self._sync_weights()
         self.step_no += 1
-        metrics = {**reward_metrics, **adv_metrics, **update_metrics, **sync_metrics, **timer.times}
+        metrics = {**reward_metrics, **process_metrics, **adv_metrics, **update_metrics, **sync_metrics, **timer.times}
         metrics.update(self._rollout_metrics(batch, old_logprobs, entropy))
         return self._mean_over_replicas(metrics)
 

@@ -32,6 +32,8 @@ def preflight(cfg: Config, *, training: bool = True) -> None:
     if cfg.model.reference_path:
         check_model_dir(cfg.model.reference_path, "model.reference_path", tokenizer=False)
     check_data_files(cfg)
+    if training:
+        check_pav_verifier(cfg)
     check_reward_fn(cfg.data.reward_fn)
     check_servers(cfg)
     if training:
@@ -105,6 +107,34 @@ def _read_json(path: Path, key: str) -> dict:
     if not isinstance(value, dict):
         raise PreflightError(f"{key}: {path} must hold a JSON object, got {type(value).__name__}")
     return value
+
+
+def check_pav_verifier(cfg: Config) -> None:
+    """algo.estimator=pav with the verifier source: a trained verifier, for this base policy and splitter."""
+    a = cfg.algo
+    if a.estimator != "pav" or a.pav_source != "verifier":
+        return
+    from spro_mcore.algo.step_split import canonical_splitter
+    from spro_mcore.pav.dataset import policy_fingerprint
+
+    if not Path(a.pav_path).is_dir():
+        raise PreflightError(f"algo.pav_path={a.pav_path} does not exist: give a `spro-mcore pav train` output directory")
+    # = pav.verifier.VERIFIER_CONFIG / HEAD_FILE (that module imports torch)
+    if not (Path(a.pav_path) / "pav_verifier.json").is_file() or not (Path(a.pav_path) / "value_head.safetensors").is_file():
+        raise PreflightError(f"algo.pav_path={a.pav_path} is not a PAV verifier (no pav_verifier.json and "
+                             f"value_head.safetensors): train one with `spro-mcore pav train`")
+    info = _read_json(Path(a.pav_path) / "pav_verifier.json", "algo.pav_path")
+    policy = _resolve(cfg.model.path, "model.path")
+    if (policy / MCORE_METADATA).is_file():
+        return  # a Megatron checkpoint (a resumed policy) has no HF fingerprint to compare
+    if info.get("base_policy_fingerprint") != policy_fingerprint(policy):
+        raise PreflightError(f"algo.pav_path={a.pav_path}: the verifier was trained for the policy "
+                             f"{info.get('base_policy')}, not model.path={cfg.model.path} (train one for it with "
+                             f"`spro-mcore pav collect` + `pav train`)")
+    if a.pav_splitter and canonical_splitter(a.pav_splitter) != info.get("splitter"):
+        raise PreflightError(f"algo.pav_path={a.pav_path}: the verifier reads steps split by {info.get('splitter')}, "
+                             f"not algo.pav_splitter={canonical_splitter(a.pav_splitter)} (leave algo.pav_splitter "
+                             f"empty to use the verifier's own)")
 
 
 def check_data_files(cfg: Config) -> None:

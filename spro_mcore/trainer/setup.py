@@ -3,6 +3,7 @@ that own one), prompt iterator, held-out prompts and the reward scorer; then res
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ class Components:
     eval_prompts: list
     scorer: Any  # trainer.group_scorer.GroupScorer
     model_path: str
+    process_reward: Any = None  # trainer.process_reward: (batch, prompts, step) -> (estimator inputs, cost metrics)
     start_step: int = 0
 
 
@@ -46,6 +48,7 @@ def build_components(cfg: Config, layout: Layout, *, checkpointer=None) -> Compo
     from spro_mcore.rollout.engine import EngineSpec, build_engine
     from spro_mcore.trainer.policy.megatron_policy import MegatronPolicy
     from spro_mcore.trainer.group_scorer import GroupScorer
+    from spro_mcore.trainer.process_reward import build_process_reward
     from spro_mcore.trainer.prompts import build_prompt_sources
 
     model_path = resolve_model_path(cfg.model.path)
@@ -72,8 +75,16 @@ def build_components(cfg: Config, layout: Layout, *, checkpointer=None) -> Compo
 
             engine = EngineGroup(engine, collectives.process_group("mp"), cfg.rollout.engine_tp)
     scorer = GroupScorer(cfg.data.reward_fn, timeout_s=cfg.data.reward_timeout_s)
+    def initial_engine():  # PAV's frozen prover: an embedded hf engine on the initial weights, never synced
+        rollout = dataclasses.replace(cfg.rollout, engine="hf", mode="colocated", server_urls=[], engine_tp=1,
+                                      weight_sync="auto")
+        return build_engine(EngineSpec.from_rollout_config(rollout, hf_dir, seed=cfg.trainer.seed + 1,
+                                                           max_model_len=policy.arch.max_position_embeddings))
+
+    process_reward = build_process_reward(cfg, layout, tokenizer=tokenizer, engine=engine, scorer=scorer,
+                                          initial_engine=initial_engine)
     parts = Components(policy=policy, engine=engine, tokenizer=tokenizer, pad_id=pad_id, prompts=prompts,
-                       eval_prompts=eval_prompts, scorer=scorer, model_path=model_path)
+                       eval_prompts=eval_prompts, scorer=scorer, model_path=model_path, process_reward=process_reward)
     if checkpointer is not None:
         parts.start_step = checkpointer.restore(parts)
     return parts

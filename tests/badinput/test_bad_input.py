@@ -80,6 +80,12 @@ def model_copy(drop=(), config=None) -> callable:
     return make
 
 
+def pav_verifier(p: Path, **kw) -> None:
+    from tests.pav.random_verifier import make_random_verifier
+
+    make_random_verifier(p, **kw)
+
+
 def jsonl(*rows) -> str:
     return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
 
@@ -270,6 +276,24 @@ CASES = [
     Case("sglang-colocated", train("rollout.engine=sglang"), r"rollout\.engine=sglang"),
     Case("file-source-without-path", train("data.source=file"), r"data\.source=file needs data\.train_path"),
     Case("fp8-without-te", train("model.fp8=e4m3", "model.transformer_impl=local"), r"model\.fp8 needs Transformer Engine"),
+    # PAV as the RL estimator
+    Case("pav-verifier-without-path", train("algo.estimator=pav"), r"algo\.estimator=pav with algo\.pav_source=verifier needs algo\.pav_path"),
+    Case("pav-n-mc-zero", train("algo.estimator=pav", "algo.pav_source=mc", "algo.pav_n_mc=0"), r"'algo\.pav_n_mc' must be > 0"),
+    Case("pav-prover-k-zero", train("algo.estimator=pav", "algo.pav_source=mc", "algo.pav_prover_k=0"), r"'algo\.pav_prover_k' must be > 0"),
+    Case("pav-source-unknown", train("algo.estimator=pav", "algo.pav_source=oracle"), r"'algo\.pav_source' = 'oracle' is not one of"),
+    Case("pav-path-missing", train("algo.estimator=pav", "algo.pav_path={tmp}/nope"), r"algo\.pav_path={tmp}/nope does not exist"),
+    Case("pav-path-not-a-verifier", with_files({"v": model_copy()}, train("algo.estimator=pav", "algo.pav_path={tmp}/v")),
+         r"algo\.pav_path={tmp}/v is not a PAV verifier"),
+    Case("pav-verifier-for-another-policy", lambda t, s: (pav_verifier(t / "v", fingerprint="0" * 16),
+         train("algo.estimator=pav", "algo.pav_path={tmp}/v")(t, s))[1],
+         r"algo\.pav_path={tmp}/v: the verifier was trained for the policy .*, not model\.path=builtin:tiny_base"),
+    Case("pav-verifier-for-another-splitter", lambda t, s: (pav_verifier(t / "v"),
+         train("algo.estimator=pav", "algo.pav_path={tmp}/v", "algo.pav_splitter=regex:;")(t, s))[1],
+         r"algo\.pav_path={tmp}/v: the verifier reads steps split by \\n, not algo\.pav_splitter=regex:;"),
+    Case("pav-verifier-current-prover", train("algo.estimator=pav", "algo.pav_path={tmp}/v", "algo.pav_prover=current"),
+         r"algo\.pav_prover=current needs algo\.pav_source=mc"),
+    Case("pav-splitter-bad-regex", train("algo.estimator=pav", "algo.pav_source=mc", "algo.pav_splitter=regex:("),
+         r"'algo\.pav_splitter': splitter 'regex:\(': not a valid regular expression"),
     Case("sequence-parallel-tp1", train("parallel.sequence_parallel=true"), r"parallel\.sequence_parallel"),
     # parallel layouts not wired in (refused at load time, before a world exists: the `config` command)
     Case("context-parallel", lambda tmp, stack: ["config", "parallel.cp=2"], r"parallel\.cp"),

@@ -22,6 +22,9 @@ COLLECT = "tests/pav/test_collect.py"
 PTRAIN = "tests/pav/test_train.py"
 SEARCH = "tests/pav/test_search.py"
 MIS = "tests/trainer/test_mismatch_e2e.py"
+PAVADV = "tests/algo/test_pav_advantages.py"
+BAD = "tests/badinput/test_bad_input.py::test_bad_input"
+PAVE2E = "tests/trainer/test_pav_e2e.py"
 
 EXERCISED: dict[str, tuple[str, ...]] = {
     # model
@@ -176,6 +179,14 @@ EXERCISED: dict[str, tuple[str, ...]] = {
     "pav.eval_interval": (f"{PTRAIN}::test_loss_decreases_and_lr_follows_warmup_cosine",),
     "pav.score_input": (f"{PTRAIN}::test_score_gives_the_verifiers_per_step_predictions",),
     "pav.splitter": (f"{COLLECT}::test_rows_bookkeeping_and_fields", f"{COLLECT}::test_bad_input_one_line_and_nothing_lost"),
+    "algo.pav_source": (f"{PAVE2E}::test_pav_verifier_source_three_steps", f"{PAVE2E}::test_pav_mc_source_three_steps", BAD),
+    "algo.pav_path": (f"{PAVE2E}::test_pav_verifier_source_three_steps", BAD),
+    "algo.pav_prover_k": (f"{PAVADV}::test_matches_loop_reference_on_random_batches", BAD),
+    "algo.pav_n_mc": (f"{PAVE2E}::test_pav_mc_source_three_steps", BAD),
+    "algo.pav_alpha": (f"{PAVADV}::test_alpha_zero_is_grpo_exactly", f"{PAVADV}::test_matches_loop_reference_on_random_batches"),
+    "algo.pav_splitter": (BAD,),
+    "algo.pav_prover": ("tests/trainer/test_process_reward.py::test_the_mc_prover_is_the_frozen_initial_policy_or_the_rollout_engine",
+                        f"{PAVE2E}::test_initial_prover_stays_frozen_while_the_current_one_moves", BAD),
     "search.beam_width": (f"{SEARCH}::test_one_beam_one_candidate_is_plain_sampling", f"{SEARCH}::test_search_command_writes_the_comparison"),
     "search.candidates": (f"{SEARCH}::test_one_beam_one_candidate_is_plain_sampling", f"{SEARCH}::test_ranking_follows_the_verifier"),
     "search.alpha": (f"{SEARCH}::test_ranking_follows_the_verifier",),

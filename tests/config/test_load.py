@@ -30,7 +30,7 @@ def test_defaults_yaml_and_overrides_layer(tmp_path):
         ("trainer.totl_steps=3", "unknown config key 'trainer.totl_steps'; did you mean 'trainer.total_steps'?"),
         ("trainr.seed=1", "unknown config section 'trainr' in 'trainr.seed'; did you mean 'trainer'?"),
         ("trainer.total_steps=abc", "config key 'trainer.total_steps' (command line): expected int, got 'abc'"),
-        ("algo.estimator=ppo", "config key 'algo.estimator' = 'ppo' is not one of: spro, grpo, spro_balanced"),
+        ("algo.estimator=ppo", "config key 'algo.estimator' = 'ppo' is not one of: spro, grpo, pav, spro_balanced"),
         ("rollout.n=0", "config key 'rollout.n' must be > 0, got 0"),
         ("trainer.total_steps", "override 'trainer.total_steps' is not of the form section.key=value"),
     ],

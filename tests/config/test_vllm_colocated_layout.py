@@ -28,3 +28,11 @@ def test_engine_spanning_replicas_is_refused_with_one_line():
 def test_engine_tp_must_be_positive():
     with pytest.raises(ConfigError, match="rollout.engine_tp"):
         load_config(None, ["rollout.engine_tp=0"])
+
+
+def test_pav_mc_with_colocated_vllm_on_several_ranks_is_refused():
+    cfg = load_config(None, [*VLLM, "parallel.tp=2", "algo.estimator=pav", "algo.pav_source=mc"])
+    with pytest.raises(ConfigError, match="algo.pav_source=mc is not wired for colocated vLLM on several ranks"):
+        validate_world_size(cfg, 2)
+    one = load_config(None, [*VLLM, "algo.estimator=pav", "algo.pav_source=mc"])
+    assert validate_world_size(one, 1) == 1

@@ -1,0 +1,130 @@
+"""`algo.estimator=pav` through the `spro-mcore train` command line on CPU, both sources: the verifier (a
+random-head verifier directory on the tiny base, tests/pav/random_verifier.py: plumbing, not quality) and
+Monte-Carlo continuations (of the frozen initial policy, and of the current one); TP=2 equals one process at the first step; kill -9 and resume is bit-identical
+to an uninterrupted run (the prover's continuations are seeded from the checkpointed step)."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.pav.random_verifier import make_random_verifier
+from tests.trainer.e2e_helpers import metrics, train
+
+pytestmark = pytest.mark.e2e
+
+REQUIRED = [
+    "reward/mean", "response_length/mean", "entropy/mean", "adv/grpo_abs_mean", "adv/msa_abs_mean",
+    "ppo/ratio_mean", "ppo/clipfrac", "ppo/approx_kl", "rollout/engine_logprob_abs_diff_mean", "time/step",
+    "time/generate", "time/logprob", "time/update", "time/weight_sync", "time/process_reward",
+    "pav/verifier_tokens", "pav/prover_tokens", "pav/prover_prefixes",
+]
+THREE = ["trainer.total_steps=3", "trainer.eval_interval=3", "checkpoint.export_hf=false", "algo.estimator=pav"]
+
+
+def _check(out: Path) -> dict:
+    m = metrics(out)
+    assert sorted(m) == [0, 1, 2, 3]
+    for step in (1, 2, 3):
+        missing = [k for k in REQUIRED if k not in m[step]]
+        assert not missing, f"step {step} lacks {missing}"
+        assert all(math.isfinite(v) for v in m[step].values() if v is not None), m[step]
+        assert m[step]["rollout/engine_logprob_abs_diff_mean"] < 1e-4
+    assert m[1]["ppo/ratio_mean"] == 1.0 and m[1]["ppo/approx_kl"] == 0.0
+    return m
+
+
+def test_pav_verifier_source_three_steps(tmp_path):
+    ver = make_random_verifier(tmp_path / "verifier")
+    out = tmp_path / "run"
+    train(out, *THREE, f"algo.pav_path={ver}", "algo.pav_alpha=3.0")
+    m = _check(out)
+    for step in (1, 2, 3):
+        # one verifier pass over every prompt + response; no continuations
+        assert m[step]["pav/verifier_tokens"] > 0 and m[step]["pav/prover_tokens"] == 0
+    # unlike SPRO (whose process term is exactly 0 while the policy is the reference), PAV's progress is live
+    # from the first step: the verifier's Q changes from step to step
+    assert m[1]["adv/msa_abs_mean"] > 0
+
+
+def test_pav_mc_source_three_steps(tmp_path):
+    out = tmp_path / "run"
+    train(out, *THREE, "algo.pav_source=mc", "algo.pav_n_mc=2", "algo.pav_prover=initial")
+    m = _check(out)
+    for step in (1, 2, 3):
+        assert m[step]["pav/prover_tokens"] > 0 and m[step]["pav/verifier_tokens"] == 0
+        # n_mc continuations per prefix, each at least one token
+        assert m[step]["pav/prover_tokens"] >= 2 * m[step]["pav/prover_prefixes"] > 0
+    assert any(m[s]["adv/msa_abs_mean"] > 0 for s in (1, 2, 3))
+
+
+@pytest.mark.dist
+def test_pav_tp2_first_step_equals_single_process(tmp_path):
+    ver = make_random_verifier(tmp_path / "verifier")
+    one = ["trainer.total_steps=1", "trainer.eval_interval=0", "checkpoint.export_hf=false", "algo.estimator=pav",
+           f"algo.pav_path={ver}"]
+    train(tmp_path / "tp1", *one)
+    train(tmp_path / "tp2", *one, "parallel.tp=2", nproc=2)
+    a, b = metrics(tmp_path / "tp1")[1], metrics(tmp_path / "tp2")[1]
+    assert a["reward/mean"] == b["reward/mean"] and a["pav/verifier_tokens"] == b["pav/verifier_tokens"]
+    assert a["adv/msa_abs_mean"] > 0
+    for k in ("adv/msa_abs_mean", "loss/policy", "entropy/mean", "train/grad_norm", "adv/grpo_abs_mean"):
+        assert abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(a[k])), (k, a[k], b[k])
+
+
+def test_pav_mc_kill9_resume_is_bit_identical(tmp_path):
+    from safetensors.torch import load_file
+
+    from spro_mcore.trainer.checkpoint import files
+
+    args = ["trainer.total_steps=3", "trainer.eval_interval=0", "checkpoint.interval=1", "algo.estimator=pav",
+            "algo.pav_source=mc", "algo.pav_n_mc=2", "logging.tensorboard=false", "algo.entropy_coef=0.01",
+            "algo.pav_prover=current"]
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    train(ref, *args)
+    # the same command, killed (-9, its whole process group) once step 1's checkpoint is complete
+    from tests.trainer import e2e_helpers as h
+
+    cmd = [h.sys.executable, "-m", "spro_mcore.cli", "train", "--config", str(h.QUICKSTART),
+           f"trainer.output_dir={out}", *h.SMALL, *args]
+    p = subprocess.Popen(cmd, cwd=h.ROOT, env=dict(os.environ, OMP_NUM_THREADS="2"), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while p.poll() is None and time.monotonic() < deadline:
+        latest = files.read_latest(out / "checkpoints") if (out / "checkpoints").is_dir() else None
+        if latest is not None and files.step_of(latest) >= 1:
+            break
+        time.sleep(0.02)
+    assert p.poll() is None, "the run ended before it could be killed"
+    os.killpg(p.pid, signal.SIGKILL)
+    assert p.wait() == -signal.SIGKILL
+    assert files.step_of(files.read_latest(out / "checkpoints")) < 3
+    r = train(out, *args)
+    assert "resumed from" in r.stderr
+    a, b = load_file(str(ref / "hf_final" / "model.safetensors")), load_file(str(out / "hf_final" / "model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    volatile = ("time/", "weight_sync/seconds")
+    strip = lambda m: {s: {k: v for k, v in r.items() if not k.startswith(volatile)} for s, r in m.items()}
+    assert strip(metrics(ref)) == strip(metrics(out))
+    assert metrics(ref)[3]["pav/prover_tokens"] > 0
+
+
+def test_initial_prover_stays_frozen_while_the_current_one_moves(tmp_path):
+    """Same seeds, same rollouts: at step 1 both provers are the initial weights (identical estimates); at step 2
+    the current-policy prover samples from the updated weights, the initial one does not (a large lr makes the
+    update visible in the sampled continuations)."""
+    two = ["trainer.total_steps=2", "trainer.eval_interval=0", "checkpoint.export_hf=false", "algo.estimator=pav",
+           "algo.pav_source=mc", "algo.pav_n_mc=2", "optim.lr=3e-3", "logging.tensorboard=false"]
+    train(tmp_path / "initial", *two, "algo.pav_prover=initial")
+    train(tmp_path / "current", *two, "algo.pav_prover=current")
+    a, b = metrics(tmp_path / "initial"), metrics(tmp_path / "current")
+    key = ("pav/prover_tokens", "adv/msa_abs_mean", "loss/policy")
+    assert [a[1][k] for k in key] == [b[1][k] for k in key]
+    assert a[2]["response_length/mean"] == b[2]["response_length/mean"]  # the same rollouts at step 2...
+    assert (a[2]["pav/prover_tokens"], a[2]["adv/msa_abs_mean"]) != (b[2]["pav/prover_tokens"], b[2]["adv/msa_abs_mean"])
