@@ -72,6 +72,19 @@ def check_markers(study: Study) -> None:
                     f"study file gives; use a new output_dir (or delete that run folder to redo it)")
 
 
+def finished(run_dir: Path) -> bool:
+    """The run trained to its last step. A trainer stopped by SIGTERM also exits 0 (after saving a checkpoint,
+    as a preempted job should), so the exit code alone does not say the run is complete."""
+    import yaml
+
+    try:
+        total = int(yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["total_steps"])
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return any(r.get("step") == total for r in rows if isinstance(r, dict))
+
+
 def _last_line(log: Path) -> str:
     lines = [l.strip() for l in log.read_text(errors="replace").splitlines() if l.strip()] if log.is_file() else []
     return lines[-1][:300] if lines else "no output"
@@ -110,7 +123,7 @@ def run_one(study: Study, cell: Cell, seed: int) -> int:
     wall = time.time() - t0
     with open(run_dir / ATTEMPTS, "a") as f:
         f.write(json.dumps({"returncode": rc, "wall_s": round(wall, 2)}) + "\n")
-    if rc == 0:
+    if rc == 0 and not _Child.stop and finished(run_dir):
         record = {**run_record(study, cell, seed), "wall_s": round(run_wall_s(run_dir), 2)}
         (run_dir / MARKER).write_text(json.dumps(record, indent=1) + "\n")
     return rc

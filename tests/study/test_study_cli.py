@@ -5,8 +5,10 @@ computation."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,6 +111,31 @@ def test_stopped_study_resumes_without_rerunning_complete_runs(done, tmp_path):
     # the rerun is the same run: the trainer is deterministic on CPU
     strip = lambda rows: [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]  # noqa: E731
     assert strip(read_rows(stopped)) == strip(read_rows(out / "runs" / "spro" / "seed_2"))
+
+
+def test_sigterm_to_the_study_leaves_the_preempted_run_incomplete(tmp_path):
+    """SIGTERM is passed on: the trainer saves a checkpoint and exits 0 as a preempted job does; the study
+    must not take that run for complete (it resumes on the next invocation) and must itself exit non-zero."""
+    out = tmp_path / "out"
+    study = write_study(tmp_path / "study.yaml", out, grid=GRID[:1], seeds=(1,))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    p = subprocess.Popen([sys.executable, "-m", "spro_mcore.cli", "study", "--config", str(study),
+                          "trainer.total_steps=200", "trainer.eval_interval=0", "checkpoint.interval=0"],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = out / "runs" / "grpo" / "seed_1"
+    deadline = time.monotonic() + 300
+    while p.poll() is None and time.monotonic() < deadline:  # wait until step 1 is written: handler installed
+        if (run / "metrics.jsonl").is_file() and any(r.get("step", 0) >= 1 for r in read_rows(run)):
+            break
+        time.sleep(0.1)
+    assert p.poll() is None, p.communicate()[0][-3000:]
+    p.send_signal(signal.SIGTERM)
+    log = p.communicate(timeout=300)[0]
+    assert p.returncode != 0, log[-3000:]
+    attempts = [json.loads(l) for l in (run / "study_attempts.jsonl").read_text().splitlines()]
+    assert attempts[-1]["returncode"] == 0, attempts  # the trainer stopped cleanly ...
+    assert not (run / MARKER).exists()  # ... but the run is not complete
+    assert max(r["step"] for r in read_rows(run)) < 200
 
 
 def test_failing_run_gives_one_line_and_keeps_completed_runs(done, tmp_path):
