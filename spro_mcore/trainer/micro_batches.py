@@ -108,3 +108,28 @@ def split_even(n: int, parts: int) -> list[range]:
         out.append(range(start, start + size))
         start += size
     return [r for r in out if len(r)]
+
+
+def dp_balanced_micro_batches(lengths: list[int], dp: int, max_tokens: int) -> list[list[list[int]]]:
+    """Per data-parallel rank, the micro-batches (indices into the global `lengths`) of a rollout whose
+    sequences are spread over `dp` ranks by tokens rather than by fixed row slices. Every rank computes the
+    same answer from the (globally known) lengths. All ranks get the same number of micro-batches (pipeline
+    schedules and DDP need it): a short rank is padded with empty micro-batches, which the update must skip
+    in the loss but still run through the collective schedule. Every index appears exactly once."""
+    if dp <= 0:
+        raise ValueError(f"dp must be > 0, got {dp}")
+    groups = balanced_partition(list(lengths), dp)
+    groups += [[] for _ in range(dp - len(groups))]  # fewer sequences than ranks
+    per_rank = []
+    for g in groups:
+        mbs = token_balanced_micro_batches([lengths[i] for i in g], max_tokens) if g else []
+        per_rank.append([[g[i] for i in mb] for mb in mbs])
+    count = max(1, max(len(m) for m in per_rank))
+    return [m + [[] for _ in range(count - len(m))] for m in per_rank]
+
+
+def dp_token_imbalance(lengths: list[int], per_rank: list[list[list[int]]]) -> float:
+    """Max over mean of the tokens each data-parallel rank processes (1.0 = perfectly balanced)."""
+    tokens = [sum(lengths[i] for mb in rank for i in mb) for rank in per_rank]
+    mean = sum(tokens) / len(tokens)
+    return max(tokens) / mean if mean else 1.0

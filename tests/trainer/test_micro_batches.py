@@ -3,7 +3,8 @@ import random
 import pytest
 
 from spro_mcore.trainer.micro_batches import (
-    balanced_partition, split_even, token_balanced_micro_batches, token_budget_micro_batches)
+    balanced_partition, dp_balanced_micro_batches, dp_token_imbalance, split_even, token_balanced_micro_batches,
+    token_budget_micro_batches)
 
 pytestmark = pytest.mark.unit
 
@@ -96,3 +97,31 @@ def test_token_balanced_beats_padded_on_skewed_lengths():
     padded = token_budget_micro_batches(lengths, 256)
     assert len(packed) == 2 and len(padded) == 3  # count x longest vs the sum of real lengths
     assert token_balanced_micro_batches([300, 5, 5], 256) == [[0], [1, 2]]
+
+
+def test_dp_balanced_beats_fixed_slices_and_counts_agree():
+    # length-skewed rollout: the fixed slices (first half / second half) give rank 0 all the long rows
+    lengths = [200, 180, 150, 120] + [10] * 12
+    half = len(lengths) // 2
+    fixed = [[list(range(half))], [list(range(half, len(lengths)))]]
+    per_rank = dp_balanced_micro_batches(lengths, 2, 256)
+    assert sorted(i for r in per_rank for mb in r for i in mb) == list(range(len(lengths)))
+    assert len({len(r) for r in per_rank}) == 1  # same micro-batch count on every rank
+    assert dp_token_imbalance(lengths, fixed) > 1.6
+    assert dp_token_imbalance(lengths, per_rank) < 1.02  # 390 vs 380 tokens: the best split of 770
+    assert per_rank == dp_balanced_micro_batches(list(lengths), 2, 256)  # deterministic from lengths
+
+
+def test_dp_balanced_properties_and_padding():
+    rng = random.Random(3)
+    for _ in range(200):
+        dp, budget = rng.randint(1, 4), rng.randint(8, 300)
+        lengths = [min(int(rng.paretovariate(1.2) * 4), 400) for _ in range(rng.randint(1, 40))]
+        per_rank = dp_balanced_micro_batches(lengths, dp, budget)
+        assert len(per_rank) == dp and len({len(r) for r in per_rank}) == 1
+        assert sorted(i for r in per_rank for mb in r for i in mb) == list(range(len(lengths)))
+        for r in per_rank:
+            for mb in r:
+                assert len(mb) <= 1 or sum(lengths[i] for i in mb) <= budget
+    # fewer sequences than ranks: the idle rank gets one empty (padding) micro-batch
+    assert dp_balanced_micro_batches([5], 2, 16) == [[[0]], [[]]]
