@@ -86,8 +86,9 @@ class Trainer:
             if self.sleep_when_idle:  # back before the weight sync refills it
                 with timer("engine_wake"):
                     self.engine.wake()
-            with timer("weight_sync"):
+            with timer("rollout_wait"):  # async: the prefetch must end before the engine's weights change
                 self.producer.before_weight_sync()
+            with timer("weight_sync"):
                 sync_metrics = self._sync_weights()
         self.step_no += 1
         self.producer.weights_synced(self.step_no)
