@@ -88,7 +88,18 @@ def _parse_overrides(overrides: Iterable[str]) -> dict:
     return tree
 
 
+def _off_word(layer: dict) -> dict:
+    """YAML 1.1 reads a bare `off` as false: give it back to the choice fields that spell a value `off`
+    (trainer.async_mode=off), so the documented word works on the command line and in a file."""
+    for key, choices in CHOICES.items():
+        section, _, name = key.partition(".")
+        if "off" in choices and isinstance(layer.get(section), dict) and layer[section].get(name) is False:
+            layer[section][name] = "off"
+    return layer
+
+
 def _merge(base, layer: dict, origin: str):
+    layer = _off_word(layer)
     try:
         return OmegaConf.merge(base, layer)
     except OmegaConfBaseException as e:

@@ -134,6 +134,7 @@ class TrainerConfig:
     eval_interval: int = 5  # evaluate every K steps (and at step 0 and the end); 0 = never
     eval_n: int = 4  # samples per eval prompt for pass@k
     eval_temperature: float = 1.0  # sampling temperature for pass@k (greedy accuracy is always measured)
+    async_mode: str = "off"  # off: generate then train; one_step_off: step k+1's rollout overlaps step k (1 stale)
 
 
 @dataclass
@@ -215,6 +216,7 @@ CHOICES: dict[str, tuple] = {
     "algo.kl_estimator": ("k1", "k2", "k3"),
     "algo.mis": (None, "token", "sequence"),
     "algo.old_logprobs": ("recompute", "engine"),
+    "trainer.async_mode": ("off", "one_step_off"),
     "optim.lr_schedule": ("constant", "linear", "cosine"),
     "data.source": ("synthetic", "file"),
     "data.synthetic_task": ("arithmetic", "chain"),

@@ -56,6 +56,16 @@ def unwired_reasons(cfg: Config) -> list[str]:
             if getattr(m, key) != getattr(defaults, key):
                 out.append(f"model.{key}={getattr(m, key)} has no effect without model.fp8: set model.fp8 "
                            f"(e4m3 | hybrid) or drop model.{key}")
+    if cfg.trainer.async_mode != "off":
+        if r.sleep_when_idle:
+            out.append(f"trainer.async_mode={cfg.trainer.async_mode} with rollout.sleep_when_idle: the engine sleeps "
+                       f"during the update, when the next rollout would be generating; set rollout.sleep_when_idle=false")
+        elif r.engine != "hf" and r.mode == "colocated":
+            out.append(f"trainer.async_mode={cfg.trainer.async_mode} with a colocated {r.engine} engine: its generation "
+                       f"shares this process and its collectives; use rollout.mode=server (or rollout.engine=hf)")
+        if cfg.algo.estimator == "pav":
+            out.append(f"trainer.async_mode={cfg.trainer.async_mode} with algo.estimator=pav: the process reward's "
+                       f"prover and verifier are not yet aligned with stale rollouts; use trainer.async_mode=off")
     if m.dtype == "float16":
         # megatron's fp16 optimizer unscales by a dynamic loss scale the update never applies (no
         # grad_scale_func): updates would be ~2^-32 too small

@@ -17,6 +17,7 @@ first rank gets all of it, see rollout/engine_group.py.)
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import torch
@@ -31,9 +32,17 @@ from spro_mcore.trainer.evaluate import evaluate
 from spro_mcore.trainer.metrics import MetricsLogger, StepTimer
 from spro_mcore.trainer.process_reward import NoProcessReward
 from spro_mcore.trainer.rollout_batch import RolloutBatch, build_rollout_batch
+from spro_mcore.trainer.rollout_producer import Rollout, RolloutProducer
 from spro_mcore.trainer.setup import Components
 
 log = logging.getLogger(__name__)
+
+
+def _test_lag():
+    """Test hook: SPRO_MCORE_TEST_ASYNC_LAG=0 makes one_step_off prefetch after the weight sync (staleness 0),
+    which must equal async_mode=off bit for bit."""
+    v = os.environ.get("SPRO_MCORE_TEST_ASYNC_LAG")
+    return None if v is None else int(v)
 
 
 class Trainer:
@@ -46,24 +55,21 @@ class Trainer:
         self.process_reward = getattr(parts, "process_reward", None) or NoProcessReward()
         # the algo.* fields the chosen estimator takes (beta and baseline are SPRO's alone)
         self.estimator_options = {k: getattr(cfg.algo, k) for k in estimator_options(cfg.algo.estimator)}
+        # trainer.async_mode: the overlap of generation with training lives in the producer alone
+        self.producer = RolloutProducer(
+            self._produce, mode=cfg.trainer.async_mode, start_step=self.step_no, total_steps=cfg.trainer.total_steps,
+            threaded=cfg.rollout.mode == "server", lag=_test_lag(),
+        )
 
     # ---- one RL step, as in the diagram --------------------------------------------------------------
     def step(self) -> dict:
         cfg, timer = self.cfg, StepTimer()
         with timer("step"):
-            prompts = self.parts.prompts.next_batch(self.layout)  # this replica's prompts of the step
-
-            try:
-                with timer("generate"):
-                    groups = self._generate(prompts)
-                with timer("reward"):
-                    rewards, reward_metrics = self._score(prompts, groups)
-                batch = self._build_batch(prompts, groups, rewards)
-            except EngineError as e:  # tell the rest of the model-parallel group, or they wait forever
-                batch = e
-            batch = self._share_batch(batch)
+            with timer("rollout_wait"):  # generation (or, async, the wait for the prefetched batch)
+                rollout = self.producer.next(self.step_no)
+            batch = self._share_batch(rollout.batch)
             with timer("process_reward"):  # PAV's extra work (SPRO's and GRPO's: their advantage math below)
-                process, process_metrics = self.process_reward(batch, prompts, self.step_no)
+                process, process_metrics = self.process_reward(batch, rollout.prompts, self.step_no)
             if self.sleep_when_idle:  # the engine frees its memory for the Megatron passes
                 with timer("engine_sleep"):
                     self.engine.sleep()
@@ -74,7 +80,8 @@ class Trainer:
 
             with timer("process_reward"):
                 advantages, adv_metrics = compute_advantages(
-                    cfg.algo.estimator, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
+                    cfg.algo.estimator, old_logprobs=self._behaviour_logprobs(batch, old_logprobs),
+                    ref_logprobs=ref_logprobs,
                     response_mask=batch.response_mask, rewards=batch.rewards, group_ids=batch.group_ids,
                     process=process, **self.estimator_options,
                 )
@@ -85,10 +92,13 @@ class Trainer:
             if self.sleep_when_idle:  # back before the weight sync refills it
                 with timer("engine_wake"):
                     self.engine.wake()
+            with timer("rollout_wait"):  # async: the prefetch must end before the engine's weights change
+                self.producer.before_weight_sync()
             with timer("weight_sync"):
                 sync_metrics = self._sync_weights()
         self.step_no += 1
-        metrics = {**reward_metrics, **process_metrics, **adv_metrics, **update_metrics, **sync_metrics, **timer.times}
+        self.producer.weights_synced(self.step_no)
+        metrics = {**rollout.metrics, **process_metrics, **adv_metrics, **update_metrics, **sync_metrics, **timer.times}
         metrics.update(self._rollout_metrics(batch, old_logprobs, entropy))
         return self._mean_over_replicas(metrics)
 
@@ -100,10 +110,25 @@ class Trainer:
             seed=self.cfg.trainer.seed * 1_000_003 + step * 7919 + self.layout.dp_rank * 104_729,
         )
 
-    def _generate(self, prompts):
+    def _produce(self, step: int, version: int) -> Rollout:
+        """The batch of `step`, sampled by the engine's current weights (`version`) and scored. Runs in the
+        producer's thread with engine servers: no collectives here (the loop shares the batch)."""
+        timer = StepTimer()
+        prompts = self.parts.prompts.next_batch(self.layout)  # this replica's prompts of the step
+        try:
+            with timer("generate"):
+                groups = self._generate(prompts, step)
+            with timer("reward"):
+                rewards, reward_metrics = self._score(prompts, groups)
+            batch = self._build_batch(prompts, groups, rewards, step, version)
+        except EngineError as e:  # the loop tells the rest of the model-parallel group, or they wait forever
+            return Rollout(e, {}, version, prompts)
+        return Rollout(batch, {**reward_metrics, **timer.times}, version, prompts)
+
+    def _generate(self, prompts, step: int):
         if self.engine is None:
             return None
-        return self.engine.generate([p.input_ids for p in prompts], self.sampling(self.step_no))
+        return self.engine.generate([p.input_ids for p in prompts], self.sampling(step))
 
     def _score(self, prompts, groups):
         if groups is None:
@@ -111,12 +136,12 @@ class Trainer:
         texts = [[self.parts.tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in g] for g in groups]
         return self.parts.scorer.score_groups(texts, prompts)
 
-    def _build_batch(self, prompts, groups, rewards) -> RolloutBatch | None:
+    def _build_batch(self, prompts, groups, rewards, step: int, version: int) -> RolloutBatch | None:
         if groups is None:
             return None
         return build_rollout_batch(
             [p.input_ids for p in prompts], groups, rewards, pad_id=self.parts.pad_id,
-            group_offset=(self.step_no * self.layout.dp + self.layout.dp_rank) * len(prompts),
+            group_offset=(step * self.layout.dp + self.layout.dp_rank) * len(prompts), policy_version=version,
         )
 
     def _old_logprobs(self, batch: RolloutBatch):
@@ -126,6 +151,20 @@ class Trainer:
         if self.cfg.algo.old_logprobs == "engine":
             return batch.engine_logprobs * batch.response_mask, None
         return self.policy.logprobs(batch, with_entropy=True)
+
+    def _behaviour_logprobs(self, batch: RolloutBatch, old_logprobs):
+        """The log-probs of the policy that generated each sample, which SPRO's process reward
+        r_t = beta * log(pi_b(y_t|s_t) / pi_ref(y_t|s_t)) takes (docs/ASYNC.md). A row sampled with this step's
+        weights (staleness 0, always so with async_mode=off) has the trainer's recomputed pi_old as pi_b. A
+        stale row (async) was sampled by an older version the trainer no longer holds: the engine's own
+        log-probs are the only record of pi_b, and they enter r_t. (The PPO ratio keeps the recomputed pi_old,
+        the proximal policy, corrected against the engine by TIS/MIS.)"""
+        if batch.policy_version is None:
+            return old_logprobs
+        stale = batch.policy_version != self.step_no  # step_no: the version the trainer holds now
+        if not bool(stale.any()):
+            return old_logprobs
+        return torch.where(stale.unsqueeze(1), batch.engine_logprobs * batch.response_mask, old_logprobs)
 
     def _share_batch(self, batch: RolloutBatch | EngineError | None) -> RolloutBatch:
         """The owner of the engine built the batch (or met an engine failure); the other ranks of its
@@ -158,6 +197,10 @@ class Trainer:
             "response_length/mean": batch.response_lens.float().mean(),
             "response_length/max": batch.response_lens.max().float(),
         }
+        if batch.policy_version is not None:  # step_no already counts this step
+            staleness = (self.step_no - 1 - batch.policy_version).float()
+            out["rollout/staleness_mean"] = staleness.mean()
+            out["rollout/staleness_max"] = staleness.max()
         if entropy is not None:  # else the update's entropy/mean stands (old_logprobs=engine: no old pass)
             out["entropy/mean"] = (entropy * mask).sum() / n
         if self.cfg.algo.old_logprobs == "recompute":  # engine: the gap is 0 by construction
@@ -193,16 +236,19 @@ class Trainer:
         last = {}
         if self.step_no == 0 and cfg.eval_interval:
             logger.log(0, self.evaluate())
-        while self.step_no < cfg.total_steps:
-            metrics = self.step()
-            step = self.step_no
-            if cfg.eval_interval and (step % cfg.eval_interval == 0 or step == cfg.total_steps):
-                t0 = time.perf_counter()
-                metrics.update(self.evaluate())
-                metrics["time/eval"] = time.perf_counter() - t0
-            last = logger.log(step, metrics)
-            if checkpointer is not None:
-                checkpointer.maybe_save(self, step, metrics)
-                if checkpointer.stop_requested:  # preemption: on_preemption saves and exits
-                    break
+        try:
+            while self.step_no < cfg.total_steps:
+                metrics = self.step()
+                step = self.step_no
+                if cfg.eval_interval and (step % cfg.eval_interval == 0 or step == cfg.total_steps):
+                    t0 = time.perf_counter()
+                    metrics.update(self.evaluate())
+                    metrics["time/eval"] = time.perf_counter() - t0
+                last = logger.log(step, metrics)
+                if checkpointer is not None:
+                    checkpointer.maybe_save(self, step, metrics)
+                    if checkpointer.stop_requested:  # preemption: on_preemption saves and exits
+                        break
+        finally:  # a generation in flight ends before the engine goes away
+            self.producer.close()
         return last

@@ -6,7 +6,9 @@ Layout (B sequences, L = longest prompt+response, T = longest response):
 - `prompt_lens [B]`, `response_lens [B]`;
 - `response_mask [B, T]`: ones on each response (its final EOS included), a prefix of ones per row;
 - `engine_logprobs [B, T]`: the engine's log-prob of each sampled token (0 on padding);
-- `rewards [B]`, `group_ids [B]`: outcome rewards; one group id per prompt.
+- `rewards [B]`, `group_ids [B]`: outcome rewards; one group id per prompt;
+- `policy_version [B]`: the policy version (weight syncs counted in steps) whose engine weights sampled each
+  row, so the step that trains on it knows its staleness (None where the batch was not built from a rollout).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class RolloutBatch:
     engine_logprobs: torch.Tensor
     rewards: torch.Tensor
     group_ids: torch.Tensor
+    policy_version: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -36,7 +39,8 @@ class RolloutBatch:
     def select(self, index) -> "RolloutBatch":
         """Rows `index` (a list or tensor of row numbers), trimmed to their own longest lengths."""
         index = torch.as_tensor(index, dtype=torch.long)
-        rows = {f.name: getattr(self, f.name)[index] for f in fields(self)}
+        rows = {f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[index])
+                for f in fields(self)}
         L = int((rows["prompt_lens"] + rows["response_lens"]).max())
         T = int(rows["response_lens"].max())
         rows["input_ids"] = rows["input_ids"][:, :L]
@@ -49,7 +53,7 @@ class RolloutBatch:
 
 
 def build_rollout_batch(prompt_token_ids: list[list[int]], groups, rewards: list[list[float]], *, pad_id: int,
-                        group_offset: int = 0) -> RolloutBatch:
+                        group_offset: int = 0, policy_version: int = 0) -> RolloutBatch:
     """`groups[i]` are the samples (`rollout.engine.Sample`) of prompt i and `rewards[i]` their rewards.
     Group ids are `group_offset + i` (make them globally unique across data-parallel ranks)."""
     seqs, p_lens, r_lens, lps, rew, gids = [], [], [], [], [], []
@@ -78,4 +82,5 @@ def build_rollout_batch(prompt_token_ids: list[list[int]], groups, rewards: list
         engine_logprobs=engine_logprobs,
         rewards=torch.tensor(rew, dtype=torch.float32),
         group_ids=torch.tensor(gids, dtype=torch.long),
+        policy_version=torch.full((B,), policy_version, dtype=torch.long),
     )

@@ -134,6 +134,10 @@ EXERCISED: dict[str, tuple[str, ...]] = {
                                    "tests/trainer/test_micro_batches.py::test_hand_case"),
     "trainer.eval_interval": (f"{E2E}::test_spro_hf_engine",),
     "trainer.eval_n": (f"{PLUMB}::test_sampling_and_eval_parameters_reach_the_engine",),
+    "trainer.async_mode": ("tests/trainer/test_async_e2e.py::test_one_step_off_at_staleness_0_equals_off_bit_for_bit",
+                           "tests/trainer/test_async_e2e.py::test_one_step_off_trains_on_the_previous_policy_version",
+                           "tests/trainer/test_async_vllm_server_e2e.py::test_one_step_off_with_two_vllm_servers",
+                           f"{UNWIRED}::test_unwired_option_is_refused_in_one_line"),
     "trainer.eval_temperature": (f"{PLUMB}::test_sampling_and_eval_parameters_reach_the_engine",),
     # checkpoint
     "checkpoint.interval": ("tests/trainer/test_checkpoint_dist.py::test_uninterrupted_run_saves_complete_checkpoints",),

@@ -128,3 +128,13 @@ def test_pav_and_search_sections_are_validated(override, message):
 def test_mismatch_correction_options_are_checked(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_async_mode_off_is_the_word_not_yaml_false(tmp_path):
+    # YAML 1.1 reads a bare `off` as false; the documented value must still load, from a file and the command line
+    f = tmp_path / "c.yaml"
+    f.write_text("trainer:\n  async_mode: off\n")
+    assert load_config(f).trainer.async_mode == "off"
+    assert load_config(None, ["trainer.async_mode=one_step_off", "trainer.async_mode=off"]).trainer.async_mode == "off"
+    with pytest.raises(ConfigError, match="'trainer.async_mode' = 'bounded' is not one of: off, one_step_off"):
+        load_config(None, ["trainer.async_mode=bounded"])

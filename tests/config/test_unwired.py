@@ -37,6 +37,12 @@ REFUSED = [
     (["rollout.server_urls=[http://h:1]"], "rollout.server_urls is only used with rollout.mode=server"),
     (["data.train_path=x.jsonl"], "data.train_path is set but data.source=synthetic ignores it"),
     (["data.eval_path=x.jsonl"], "data.eval_path is set but data.source=synthetic ignores it"),
+    (["trainer.async_mode=one_step_off", "rollout.sleep_when_idle=true"],
+     "trainer.async_mode=one_step_off with rollout.sleep_when_idle: the engine sleeps"),
+    (["trainer.async_mode=one_step_off", "rollout.engine=vllm"],
+     "trainer.async_mode=one_step_off with a colocated vllm engine"),
+    (["trainer.async_mode=one_step_off", "algo.estimator=pav", "algo.pav_source=mc"],
+     "trainer.async_mode=one_step_off with algo.estimator=pav"),
 ]
 if not _te_here():  # auto means local here
     REFUSED += [

