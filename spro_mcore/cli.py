@@ -62,7 +62,7 @@ def _search(args) -> int:
 def _study(args) -> int:
     from spro_mcore.study.main import study_main
 
-    return study_main(args.config, args.overrides, report_only=args.report_only)
+    return study_main(args.config, args.overrides, report_only=args.report_only, cells=args.cells)
 
 
 def _config(args) -> int:
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     study = sub.add_parser("study", help="run a grid of training runs over seeds (resumable) and write report.md + plots")
     study.add_argument("--config", "-c", default=None, help="study file (base, output_dir, seeds, overrides, grid)")
     study.add_argument("--report-only", action="store_true", help="aggregate the complete runs; start none")
+    study.add_argument("--cells", default=None, help="comma-separated cell names: run only these now (report: all)")
     study.add_argument("overrides", nargs="*", help="base=/output_dir=/seeds=[...] or section.key=value for every cell")
     study.set_defaults(fn=_study)
     return parser

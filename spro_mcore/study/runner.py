@@ -129,14 +129,15 @@ def run_one(study: Study, cell: Cell, seed: int) -> int:
     return rc
 
 
-def run_all(study: Study, *, progress: bool = True) -> list[Failure]:
-    """Every (cell, seed) without a marker, seed by seed; returns the failures."""
+def run_all(study: Study, *, progress: bool = True, only: set[str] | None = None) -> list[Failure]:
+    """Every (cell, seed) without a marker, seed by seed (only the cells named in `only` when given);
+    returns the failures."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     check_markers(study)
     # seed-major: a study stopped part-way has every cell at the same number of seeds (or one fewer)
-    runs = [(cell, seed) for seed in study.seeds for cell in study.cells]
+    runs = [(cell, seed) for seed in study.seeds for cell in study.cells if only is None or cell.name in only]
     failures: list[Failure] = []
     _Child.stop = False
     previous = signal.signal(signal.SIGTERM, _Child.forward)

@@ -113,6 +113,26 @@ def test_stopped_study_resumes_without_rerunning_complete_runs(done, tmp_path):
     assert strip(read_rows(stopped)) == strip(read_rows(out / "runs" / "spro" / "seed_2"))
 
 
+def test_cells_option_runs_only_the_named_cells(done, tmp_path):
+    study, out, _ = done
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    for name in ("grpo", "spro"):  # both seed-2 runs incomplete: only grpo's may be run again
+        run = copy / "runs" / name / "seed_2"
+        shutil.rmtree(run / "checkpoints")
+        (run / MARKER).unlink()
+    r = study_cli(study, f"output_dir={copy}", "--cells", "grpo")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "3 of 4 runs complete" in r.stdout
+    assert (copy / "runs" / "grpo" / "seed_2" / MARKER).is_file()
+    assert not (copy / "runs" / "spro" / "seed_2" / MARKER).exists()
+    assert len((copy / "runs" / "spro" / "seed_2" / "study_attempts.jsonl").read_text().splitlines()) == 1
+    bad = study_cli(study, f"output_dir={copy}", "--cells", "grpo,nope")
+    assert bad.returncode != 0
+    last = bad.stderr.strip().splitlines()[-1]
+    assert last.startswith("spro-mcore study: error: --cells names nope; the study's cells are grpo, spro"), last
+
+
 def test_sigterm_to_the_study_leaves_the_preempted_run_incomplete(tmp_path):
     """SIGTERM is passed on: the trainer saves a checkpoint and exits 0 as a preempted job does; the study
     must not take that run for complete (it resumes on the next invocation) and must itself exit non-zero."""
