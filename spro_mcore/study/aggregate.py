@@ -75,6 +75,28 @@ def steps_to_target(steps: list[int], means: list[float], target: Optional[float
     return next((s for s, m in zip(steps, means) if m >= target - 1e-12), None)
 
 
+def cumulative_cost(rows: Rows, samples_per_step: int) -> dict[int, tuple[float, float]]:
+    """step -> (generated tokens, seconds) spent by the end of that step: the policy's rollout tokens
+    (``response_length/mean`` x samples per step) plus the prover's continuation tokens (``pav/prover_tokens``,
+    PAV's Monte-Carlo source), and the sum of ``time/step``. Step 0 (before training) costs nothing."""
+    out, tokens, seconds = {0: (0.0, 0.0)}, 0.0, 0.0
+    for r in sorted((r for r in rows if "time/step" in r), key=lambda r: int(r["step"])):
+        tokens += float(r.get("response_length/mean", 0.0)) * samples_per_step + float(r.get("pav/prover_tokens", 0.0))
+        seconds += float(r["time/step"])
+        out[int(r["step"])] = (tokens, seconds)
+    return out
+
+
+def cost_at(runs: dict[int, Rows], samples_per_step: int, step: Optional[int]) -> tuple[Optional[float], Optional[float]]:
+    """Seed-mean (generated tokens, seconds) by the end of ``step`` (None when there is no such step)."""
+    if step is None or not runs:
+        return None, None
+    costs = [cumulative_cost(rows, samples_per_step).get(step) for rows in runs.values()]
+    if any(c is None for c in costs):
+        return None, None
+    return mean(c[0] for c in costs), mean(c[1] for c in costs)
+
+
 def tail_mean(rows: Rows, metric: str, fraction: float = 0.1) -> Optional[float]:
     """Mean of ``metric`` over the last ``fraction`` of the steps that logged it (at least one step)."""
     vals = [v for _, v in sorted(series(rows, metric).items())]
@@ -107,8 +129,9 @@ def pick_reference(name: str, cells: dict[str, dict]) -> Optional[str]:
     return next((n for n, c in cells.items() if is_reference(c["algo"]) and outside_algo(c) == want), None)
 
 
-def summarize_cell(runs: dict[int, Rows], walls: dict[int, float]) -> dict[str, Any]:
-    """A cell's own statistics over its complete seeds (``runs``: seed -> rows; ``walls``: seed -> seconds)."""
+def summarize_cell(runs: dict[int, Rows], walls: dict[int, float], samples_per_step: int = 0) -> dict[str, Any]:
+    """A cell's own statistics over its complete seeds (``runs``: seed -> rows; ``walls``: seed -> seconds;
+    ``samples_per_step``: prompts x responses per prompt, for the token cost)."""
     acc = curve(runs, "eval/acc")
     pk_name = next((m for m in map(pass_at_k_metric, runs.values()) if m), None)
     pk = curve(runs, pk_name) if pk_name else None
@@ -138,6 +161,8 @@ def summarize_cell(runs: dict[int, Rows], walls: dict[int, float]) -> dict[str, 
         "wall_s_mean": mean(walls.values()) if walls else None,
         "wall_s_total": sum(walls.values()) if walls else None,
         "curves": {"eval/acc": acc, **({pk_name: pk} if pk else {})},
+        # cumulative cost at every evaluated step (seed means), for tokens- and seconds-to-target
+        "cost_at_eval": {str(step): cost_at(runs, samples_per_step, step) for step in acc["steps"]},
     }
 
 
@@ -148,7 +173,9 @@ def compare_with_reference(cell: dict[str, Any], ref: Optional[dict[str, Any]]) 
     (the paper's "training efficiency"); the paired difference uses the seeds both cells completed.
     """
     out = {"target_acc": None, "steps_to_target": None, "reference_steps_to_target": None,
-           "efficiency_ratio": None, "paired_diff_mean": None, "paired_diff_ci95": None, "paired_seeds": []}
+           "efficiency_ratio": None, "tokens_to_target": None, "reference_tokens_to_target": None,
+           "token_efficiency_ratio": None, "seconds_to_target": None, "reference_seconds_to_target": None,
+           "paired_diff_mean": None, "paired_diff_ci95": None, "paired_seeds": []}
     if ref is None or ref["best_acc_mean"] is None:
         return out
     target = ref["best_acc_mean"]
@@ -157,7 +184,12 @@ def compare_with_reference(cell: dict[str, Any], ref: Optional[dict[str, Any]]) 
     theirs = steps_to_target(ref_acc["steps"], ref_acc["mean"], target)
     seeds = sorted(set(cell["final_acc_per_seed"]) & set(ref["final_acc_per_seed"]), key=int)
     d_mean, d_ci = mean_ci95([cell["final_acc_per_seed"][s] - ref["final_acc_per_seed"][s] for s in seeds])
+    my_cost = cell.get("cost_at_eval", {}).get(str(mine), (None, None)) if mine is not None else (None, None)
+    their_cost = ref.get("cost_at_eval", {}).get(str(theirs), (None, None)) if theirs is not None else (None, None)
     out.update(target_acc=target, steps_to_target=mine, reference_steps_to_target=theirs,
                efficiency_ratio=(theirs / mine) if mine and theirs is not None else None,
+               tokens_to_target=my_cost[0], reference_tokens_to_target=their_cost[0],
+               token_efficiency_ratio=(their_cost[0] / my_cost[0]) if my_cost[0] and their_cost[0] is not None else None,
+               seconds_to_target=my_cost[1], reference_seconds_to_target=their_cost[1],
                paired_diff_mean=d_mean, paired_diff_ci95=d_ci, paired_seeds=[int(s) for s in seeds])
     return out

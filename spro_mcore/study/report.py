@@ -30,7 +30,8 @@ def build_summary(study: Study) -> dict[str, Any]:
         info[cell.name] = {"algo": dataclasses.asdict(cfg.algo), "overrides": cell.overrides}
         done = [s for s in study.seeds if read_marker(study.run_dir(cell, s)) is not None]
         stats[cell.name] = summarize_cell({s: _rows(study.run_dir(cell, s)) for s in done},
-                                          {s: run_wall_s(study.run_dir(cell, s)) for s in done})
+                                          {s: run_wall_s(study.run_dir(cell, s)) for s in done},
+                                          cfg.rollout.n * cfg.data.prompts_per_step)
     cells = []
     for cell in study.cells:
         ref = pick_reference(cell.name, info)
@@ -97,6 +98,19 @@ def render_markdown(summary: dict[str, Any]) -> str:
             f"| {reached} | {_fmt(c['efficiency_ratio'], 2)} | {_fmt(c['paired_diff_mean'])} | {_ci(c['paired_diff_ci95'])} "
             f"| {_fmt(c['entropy_final_mean'])} | {_fmt(c['response_length_final_mean'], 1)} "
             f"| {_fmt(c['msa_to_outcome_ratio_mean'])} |")
+    L += ["", "## Cost to target", "",
+          "Generated tokens (the policy's rollouts plus, for PAV's Monte-Carlo source, the prover's continuations) "
+          "and training seconds (sum of `time/step`) spent by the step at which the cell reached the target; "
+          "token efficiency = reference tokens / cell tokens (>1: the cell got there on fewer tokens).", "",
+          "| cell | steps to target | tokens to target | reference tokens | token efficiency | seconds to target "
+          "| reference seconds |", "|---|---|---|---|---|---|---|"]
+    for c in cells:
+        if c["target_acc"] is None:
+            continue
+        reached = "not reached" if c["steps_to_target"] is None else str(c["steps_to_target"])
+        L.append(f"| {c['name']} | {reached} | {_fmt(c['tokens_to_target'], 0)} | {_fmt(c['reference_tokens_to_target'], 0)} "
+                 f"| {_fmt(c['token_efficiency_ratio'], 2)} | {_fmt(c['seconds_to_target'], 0)} "
+                 f"| {_fmt(c['reference_seconds_to_target'], 0)} |")
     L += ["", "## Plots", "", *(f"![{p}]({p})" for p in PLOTS), "",
           "## Reproduce one run", "",
           "Each run is `spro-mcore train --config <base> <study overrides> <cell's grid values> trainer.seed=<seed>`; "

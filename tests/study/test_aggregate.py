@@ -92,3 +92,27 @@ def test_comparison_with_the_reference_by_hand():
     assert c["paired_seeds"] == [1, 2]
     none = compare_with_reference(cell, None)
     assert none["steps_to_target"] is None and none["paired_diff_mean"] is None
+
+
+def test_tokens_and_seconds_to_target_by_hand():
+    """Cost = rollout tokens (mean length x samples per step) + prover tokens, and summed step time, by the
+    end of the step at which the target is reached (seed means)."""
+    steps = 4  # eval at 0, 2, 4; 8 samples per step
+    ref = summarize_cell(
+        {1: rows({0: 0.2, 2: 0.4, 4: 0.6}, **{"time/step": [1.0] * steps, "response_length/mean": [10.0] * steps}),
+         2: rows({0: 0.2, 2: 0.4, 4: 0.6}, **{"time/step": [3.0] * steps, "response_length/mean": [20.0] * steps})},
+        {1: 4.0, 2: 12.0}, 8)
+    cell = summarize_cell(
+        {1: rows({0: 0.2, 2: 0.6, 4: 0.6}, **{"time/step": [5.0] * steps, "response_length/mean": [10.0] * steps,
+                                              "pav/prover_tokens": [100.0] * steps}),
+         2: rows({0: 0.2, 2: 0.6, 4: 0.7}, **{"time/step": [7.0] * steps, "response_length/mean": [30.0] * steps,
+                                              "pav/prover_tokens": [300.0] * steps})},
+        {1: 20.0, 2: 28.0}, 8)
+    c = compare_with_reference(cell, ref)
+    assert (c["steps_to_target"], c["reference_steps_to_target"]) == (2, 4)
+    # cell by step 2: seed 1 2*(10*8+100) = 360, seed 2 2*(30*8+300) = 1080 -> 720; seconds (10 + 14)/2 = 12
+    assert c["tokens_to_target"] == pytest.approx(720.0) and c["seconds_to_target"] == pytest.approx(12.0)
+    # reference by step 4: seed 1 4*80 = 320, seed 2 4*160 = 640 -> 480; seconds (4 + 12)/2 = 8
+    assert c["reference_tokens_to_target"] == pytest.approx(480.0) and c["reference_seconds_to_target"] == pytest.approx(8.0)
+    assert c["token_efficiency_ratio"] == pytest.approx(480.0 / 720.0)
+    assert cell["cost_at_eval"]["0"] == (0.0, 0.0)
