@@ -32,7 +32,7 @@ from spro_mcore.trainer.evaluate import evaluate
 from spro_mcore.trainer.metrics import MetricsLogger, StepTimer
 from spro_mcore.trainer.process_reward import NoProcessReward
 from spro_mcore.trainer.rollout_batch import RolloutBatch, build_rollout_batch
-from spro_mcore.trainer.rollout_producer import Rollout, RolloutProducer
+from spro_mcore.trainer.rollout_producer import Rollout, rollout_producer
 from spro_mcore.trainer.setup import Components
 
 log = logging.getLogger(__name__)
@@ -56,9 +56,9 @@ class Trainer:
         # the algo.* fields the chosen estimator takes (beta and baseline are SPRO's alone)
         self.estimator_options = {k: getattr(cfg.algo, k) for k in estimator_options(cfg.algo.estimator)}
         # trainer.async_mode: the overlap of generation with training lives in the producer alone
-        self.producer = RolloutProducer(
+        self.producer = rollout_producer(
             self._produce, mode=cfg.trainer.async_mode, start_step=self.step_no, total_steps=cfg.trainer.total_steps,
-            threaded=cfg.rollout.mode == "server", lag=_test_lag(),
+            threaded=cfg.rollout.mode == "server", lag=_test_lag(), max_staleness=cfg.trainer.max_staleness,
         )
 
     # ---- one RL step, as in the diagram --------------------------------------------------------------
@@ -110,11 +110,13 @@ class Trainer:
             seed=self.cfg.trainer.seed * 1_000_003 + step * 7919 + self.layout.dp_rank * 104_729,
         )
 
-    def _produce(self, step: int, version: int) -> Rollout:
-        """The batch of `step`, sampled by the engine's current weights (`version`) and scored. Runs in the
-        producer's thread with engine servers: no collectives here (the loop shares the batch)."""
+    def _produce(self, step: int, version: int, prompts=None) -> Rollout:
+        """The batch of `step`, sampled by the engine's current weights (`version`) and scored, from the next
+        prompts (or `prompts`: a stale batch regenerated). Runs in the producer's thread with engine servers
+        and in bounded mode: no collectives here (the loop shares the batch)."""
         timer = StepTimer()
-        prompts = self.parts.prompts.next_batch(self.layout)  # this replica's prompts of the step
+        if prompts is None:
+            prompts = self.parts.prompts.next_batch(self.layout)  # this replica's prompts of the step
         try:
             with timer("generate"):
                 groups = self._generate(prompts, step)
@@ -123,7 +125,7 @@ class Trainer:
             batch = self._build_batch(prompts, groups, rewards, step, version)
         except EngineError as e:  # the loop tells the rest of the model-parallel group, or they wait forever
             return Rollout(e, {}, version, prompts)
-        return Rollout(batch, {**reward_metrics, **timer.times}, version, prompts)
+        return Rollout(batch, {**reward_metrics, **timer.times}, version, prompts, rows=len(batch) if batch else 0)
 
     def _generate(self, prompts, step: int):
         if self.engine is None:
