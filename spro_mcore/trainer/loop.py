@@ -16,6 +16,7 @@ first rank gets all of it, see rollout/engine_group.py.)
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -45,6 +46,13 @@ def _test_lag():
     return None if v is None else int(v)
 
 
+def _test_drop_at():
+    """Test hook: SPRO_MCORE_TEST_ASYNC_DROP_AT=k makes one_step_off drop the batch prefetched for step k and
+    regenerate it in place, as a run resumed from step k's checkpoint does (the reference of the kill -9 test)."""
+    v = os.environ.get("SPRO_MCORE_TEST_ASYNC_DROP_AT")
+    return None if v is None else int(v)
+
+
 class Trainer:
     def __init__(self, cfg: Config, layout: Layout, parts: Components):
         self.cfg, self.layout, self.parts = cfg, layout, parts
@@ -59,7 +67,9 @@ class Trainer:
         self.producer = rollout_producer(
             self._produce, mode=cfg.trainer.async_mode, start_step=self.step_no, total_steps=cfg.trainer.total_steps,
             threaded=cfg.rollout.mode == "server", lag=_test_lag(), max_staleness=cfg.trainer.max_staleness,
+            drop_at=_test_drop_at(),
         )
+        self._data_states: dict[int, dict] = {}  # step -> the prompt iterator's state before its prompts were drawn
 
     # ---- one RL step, as in the diagram --------------------------------------------------------------
     def step(self) -> dict:
@@ -116,6 +126,7 @@ class Trainer:
         and in bounded mode: no collectives here (the loop shares the batch)."""
         timer = StepTimer()
         if prompts is None:
+            self._data_states[step] = copy.deepcopy(self.parts.prompts.state_dict())
             prompts = self.parts.prompts.next_batch(self.layout)  # this replica's prompts of the step
         try:
             with timer("generate"):
@@ -126,6 +137,15 @@ class Trainer:
         except EngineError as e:  # the loop tells the rest of the model-parallel group, or they wait forever
             return Rollout(e, {}, version, prompts)
         return Rollout(batch, {**reward_metrics, **timer.times}, version, prompts, rows=len(batch) if batch else 0)
+
+    def data_state(self, step: int) -> dict:
+        """The prompt iterator's state a checkpoint of the boundary before `step` records: before the prompts
+        of `step`, the next step to train. Prompts the producer drew ahead (a prefetched or buffered batch, lost with the
+        process) are drawn again on resume and regenerated with the checkpointed weights (docs/ASYNC.md)."""
+        now = copy.deepcopy(self.parts.prompts.state_dict())  # read first: the producer's thread may draw next
+        for old in [s for s in self._data_states if s < step]:
+            del self._data_states[old]
+        return self._data_states.get(step, now)
 
     def _generate(self, prompts, step: int):
         if self.engine is None:

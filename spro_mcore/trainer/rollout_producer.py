@@ -61,22 +61,23 @@ class Rollout:
 
 
 def rollout_producer(produce, *, mode: str, start_step: int, total_steps: int, threaded: bool,
-                     lag: Optional[int] = None, max_staleness: int = 0):
+                     lag: Optional[int] = None, max_staleness: int = 0, drop_at: Optional[int] = None):
     """The producer of trainer.async_mode `mode`."""
     if mode == "bounded":
         return BoundedRolloutProducer(produce, start_step=start_step, total_steps=total_steps,
                                       max_staleness=max_staleness)
     return RolloutProducer(produce, mode=mode, start_step=start_step, total_steps=total_steps, threaded=threaded,
-                           lag=lag)
+                           lag=lag, drop_at=drop_at)
 
 
 class RolloutProducer:
     def __init__(self, produce: Callable[[int, int], Rollout], *, mode: str, start_step: int, total_steps: int,
-                 threaded: bool, lag: Optional[int] = None):
+                 threaded: bool, lag: Optional[int] = None, drop_at: Optional[int] = None):
         """`produce(step, version)` generates and scores the batch of `step` with the engine's current
         weights, which are `version`. `threaded`: the engine runs outside this process (servers)."""
         self.produce, self.mode, self.total_steps = produce, mode, total_steps
         self.lag = (1 if mode == "one_step_off" else 0) if lag is None else lag
+        self.drop_at = drop_at  # test hook: drop the batch prefetched for this step, as a resume does
         self.threaded = threaded or (mode != "off" and self.lag == 0)  # lag 0 awaits at once: safe anywhere
         self.version = start_step  # the engine holds the weights after `start_step` updates
         self._pending: Optional[tuple[int, Future | Rollout]] = None
@@ -84,7 +85,9 @@ class RolloutProducer:
 
     def next(self, step: int) -> Rollout:
         """The rollout that trains step `step`."""
-        if self._pending is not None and self._pending[0] == step:
+        if self._pending is not None and self._pending[0] == step and step == self.drop_at:
+            rollout = self.produce(step, self.version, self._take().prompts)  # the same prompts, this version
+        elif self._pending is not None and self._pending[0] == step:
             rollout = self._take()
         else:  # nothing prefetched (off, the first step, after a resume): generate in place, staleness 0
             self._pending = None
