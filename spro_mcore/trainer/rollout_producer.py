@@ -34,10 +34,11 @@ thread path).
   thread shares the CPU cores with the Megatron passes (the engine forks and reseeds the torch RNG per prompt;
   the Megatron passes draw no random numbers, dropout is 0).
 
-Kill -9 / preemption: a prefetched batch lives only in memory. The checkpoint is written after the step's
-weight sync, when the next step's prompts were already drawn; on resume that batch is gone, its prompts are
-skipped (the data order stays as checkpointed) and the first resumed step generates in place with the
-checkpointed weights (staleness 0), as step 0 does.
+Kill -9 / preemption: a prefetched or buffered batch lives only in memory. A checkpoint records the prompt
+state before the prompts of the next step to train (`Trainer.data_state`), so on resume the lost batches are
+regenerated from the same prompts and step seeds with the checkpointed weights (staleness 0 for the first
+resumed step, as step 0). `drop_at` is the test hook that makes an uninterrupted one_step_off run drop the
+batch prefetched for one step the same way (the reference of the kill -9 test).
 """
 
 from __future__ import annotations

@@ -170,3 +170,18 @@ def test_bounded_resume_starts_at_the_checkpointed_version_and_errors_reach_the_
     with pytest.raises(RuntimeError, match="engine died"):
         p.next(0)
     p.close()
+
+
+def test_drop_at_regenerates_the_prefetched_step_in_place_from_its_prompts_with_the_current_version():
+    """The reference of the kill -9 resume test: what a run resumed from step 2's checkpoint does."""
+    calls = []
+
+    def produce(step, version, prompts=None):
+        calls.append((step, version, prompts))
+        return Rollout(batch=f"batch{step}", metrics={}, version=version, prompts=prompts or f"prompts{step}")
+
+    got = _drive(RolloutProducer(produce, mode="one_step_off", start_step=0, total_steps=4, threaded=False,
+                                 drop_at=2), 4)
+    assert [(r.prompts, r.version) for r in got] == [("prompts0", 0), ("prompts1", 0), ("prompts2", 2),
+                                                     ("prompts3", 2)]
+    assert calls == [(0, 0, None), (1, 0, None), (2, 1, None), (2, 2, "prompts2"), (3, 2, None)]
