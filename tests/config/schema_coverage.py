@@ -142,6 +142,7 @@ EXERCISED: dict[str, tuple[str, ...]] = {
     "trainer.max_staleness": ("tests/trainer/test_async_bounded_e2e.py::test_bounded_at_max_staleness_0_equals_off_bit_for_bit",
                               "tests/trainer/test_async_bounded_e2e.py::test_bounded_rows_are_at_most_max_staleness_old",
                               "tests/trainer/test_rollout_producer.py::test_bounded_feed_is_throttled_by_max_staleness",
+                              "tests/trainer/test_async_vllm_server_e2e.py::test_bounded_with_two_vllm_servers",
                               f"{UNWIRED}::test_unwired_option_is_refused_in_one_line"),
     "trainer.eval_temperature": (f"{PLUMB}::test_sampling_and_eval_parameters_reach_the_engine",),
     # checkpoint
