@@ -140,8 +140,9 @@ class Trainer:
 
     def data_state(self, step: int) -> dict:
         """The prompt iterator's state a checkpoint of the boundary before `step` records: before the prompts
-        of `step`, the next step to train. Prompts the producer drew ahead (a prefetched or buffered batch, lost with the
-        process) are drawn again on resume and regenerated with the checkpointed weights (docs/ASYNC.md)."""
+        of `step`, the next step to train. Prompts the producer drew ahead (a prefetched or buffered batch,
+        lost with the process) are drawn again on resume and regenerated with the checkpointed weights
+        (docs/ASYNC.md)."""
         now = copy.deepcopy(self.parts.prompts.state_dict())  # read first: the producer's thread may draw next
         for old in [s for s in list(self._data_states) if s < step]:  # list(): a snapshot the thread cannot change
             del self._data_states[old]
