@@ -134,7 +134,8 @@ class TrainerConfig:
     eval_interval: int = 5  # evaluate every K steps (and at step 0 and the end); 0 = never
     eval_n: int = 4  # samples per eval prompt for pass@k
     eval_temperature: float = 1.0  # sampling temperature for pass@k (greedy accuracy is always measured)
-    async_mode: str = "off"  # off: generate then train; one_step_off: step k+1's rollout overlaps step k (1 stale)
+    async_mode: str = "off"  # off | one_step_off (step k+1's rollout overlaps step k) | bounded (fed buffer)
+    max_staleness: int = 1  # bounded: how many policy versions a consumed rollout may lag (older: dropped, regenerated)
 
 
 @dataclass
@@ -216,7 +217,7 @@ CHOICES: dict[str, tuple] = {
     "algo.kl_estimator": ("k1", "k2", "k3"),
     "algo.mis": (None, "token", "sequence"),
     "algo.old_logprobs": ("recompute", "engine"),
-    "trainer.async_mode": ("off", "one_step_off"),
+    "trainer.async_mode": ("off", "one_step_off", "bounded"),
     "optim.lr_schedule": ("constant", "linear", "cosine"),
     "data.source": ("synthetic", "file"),
     "data.synthetic_task": ("arithmetic", "chain"),
@@ -237,5 +238,5 @@ POSITIVE = (
 NON_NEGATIVE = (
     "parallel.dp", "algo.beta", "algo.eps_low", "algo.eps_high", "algo.kl_coef", "algo.entropy_coef",
     "optim.lr", "optim.weight_decay", "optim.clip_grad", "optim.warmup_steps", "trainer.eval_interval",
-    "checkpoint.interval", "pav.eval_interval", "search.alpha", "algo.pav_alpha",
+    "checkpoint.interval", "trainer.max_staleness", "pav.eval_interval", "search.alpha", "algo.pav_alpha",
 )

@@ -7,7 +7,7 @@ code learns to run a combination, its refusal goes and a test that exercises it 
 
 from __future__ import annotations
 
-from spro_mcore.config.schema import Config, ModelConfig
+from spro_mcore.config.schema import Config, ModelConfig, TrainerConfig
 
 
 def _te_importable() -> bool:
@@ -56,6 +56,9 @@ def unwired_reasons(cfg: Config) -> list[str]:
             if getattr(m, key) != getattr(defaults, key):
                 out.append(f"model.{key}={getattr(m, key)} has no effect without model.fp8: set model.fp8 "
                            f"(e4m3 | hybrid) or drop model.{key}")
+    if cfg.trainer.async_mode != "bounded" and cfg.trainer.max_staleness != TrainerConfig().max_staleness:
+        out.append(f"trainer.max_staleness={cfg.trainer.max_staleness} has no effect without "
+                   f"trainer.async_mode=bounded: set trainer.async_mode=bounded or drop trainer.max_staleness")
     if cfg.trainer.async_mode != "off":
         if r.sleep_when_idle:
             out.append(f"trainer.async_mode={cfg.trainer.async_mode} with rollout.sleep_when_idle: the engine sleeps "

@@ -16,6 +16,7 @@ first rank gets all of it, see rollout/engine_group.py.)
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -32,7 +33,7 @@ from spro_mcore.trainer.evaluate import evaluate
 from spro_mcore.trainer.metrics import MetricsLogger, StepTimer
 from spro_mcore.trainer.process_reward import NoProcessReward
 from spro_mcore.trainer.rollout_batch import RolloutBatch, build_rollout_batch
-from spro_mcore.trainer.rollout_producer import Rollout, RolloutProducer
+from spro_mcore.trainer.rollout_producer import Rollout, rollout_producer
 from spro_mcore.trainer.setup import Components
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,13 @@ def _test_lag():
     """Test hook: SPRO_MCORE_TEST_ASYNC_LAG=0 makes one_step_off prefetch after the weight sync (staleness 0),
     which must equal async_mode=off bit for bit."""
     v = os.environ.get("SPRO_MCORE_TEST_ASYNC_LAG")
+    return None if v is None else int(v)
+
+
+def _test_drop_at():
+    """Test hook: SPRO_MCORE_TEST_ASYNC_DROP_AT=k makes one_step_off drop the batch prefetched for step k and
+    regenerate it in place, as a run resumed from step k's checkpoint does (the reference of the kill -9 test)."""
+    v = os.environ.get("SPRO_MCORE_TEST_ASYNC_DROP_AT")
     return None if v is None else int(v)
 
 
@@ -56,10 +64,12 @@ class Trainer:
         # the algo.* fields the chosen estimator takes (beta and baseline are SPRO's alone)
         self.estimator_options = {k: getattr(cfg.algo, k) for k in estimator_options(cfg.algo.estimator)}
         # trainer.async_mode: the overlap of generation with training lives in the producer alone
-        self.producer = RolloutProducer(
+        self.producer = rollout_producer(
             self._produce, mode=cfg.trainer.async_mode, start_step=self.step_no, total_steps=cfg.trainer.total_steps,
-            threaded=cfg.rollout.mode == "server", lag=_test_lag(),
+            threaded=cfg.rollout.mode == "server", lag=_test_lag(), max_staleness=cfg.trainer.max_staleness,
+            drop_at=_test_drop_at(),
         )
+        self._data_states: dict[int, dict] = {}  # step -> the prompt iterator's state before its prompts were drawn
 
     # ---- one RL step, as in the diagram --------------------------------------------------------------
     def step(self) -> dict:
@@ -110,11 +120,14 @@ class Trainer:
             seed=self.cfg.trainer.seed * 1_000_003 + step * 7919 + self.layout.dp_rank * 104_729,
         )
 
-    def _produce(self, step: int, version: int) -> Rollout:
-        """The batch of `step`, sampled by the engine's current weights (`version`) and scored. Runs in the
-        producer's thread with engine servers: no collectives here (the loop shares the batch)."""
+    def _produce(self, step: int, version: int, prompts=None) -> Rollout:
+        """The batch of `step`, sampled by the engine's current weights (`version`) and scored, from the next
+        prompts (or `prompts`: a stale batch regenerated). Runs in the producer's thread with engine servers
+        and in bounded mode: no collectives here (the loop shares the batch)."""
         timer = StepTimer()
-        prompts = self.parts.prompts.next_batch(self.layout)  # this replica's prompts of the step
+        if prompts is None:
+            self._data_states[step] = copy.deepcopy(self.parts.prompts.state_dict())
+            prompts = self.parts.prompts.next_batch(self.layout)  # this replica's prompts of the step
         try:
             with timer("generate"):
                 groups = self._generate(prompts, step)
@@ -123,7 +136,17 @@ class Trainer:
             batch = self._build_batch(prompts, groups, rewards, step, version)
         except EngineError as e:  # the loop tells the rest of the model-parallel group, or they wait forever
             return Rollout(e, {}, version, prompts)
-        return Rollout(batch, {**reward_metrics, **timer.times}, version, prompts)
+        return Rollout(batch, {**reward_metrics, **timer.times}, version, prompts, rows=len(batch) if batch else 0)
+
+    def data_state(self, step: int) -> dict:
+        """The prompt iterator's state a checkpoint of the boundary before `step` records: before the prompts
+        of `step`, the next step to train. Prompts the producer drew ahead (a prefetched or buffered batch,
+        lost with the process) are drawn again on resume and regenerated with the checkpointed weights
+        (docs/ASYNC.md)."""
+        now = copy.deepcopy(self.parts.prompts.state_dict())  # read first: the producer's thread may draw next
+        for old in [s for s in list(self._data_states) if s < step]:  # list(): a snapshot the thread cannot change
+            del self._data_states[old]
+        return self._data_states.get(step, now)
 
     def _generate(self, prompts, step: int):
         if self.engine is None:

@@ -21,14 +21,29 @@ thread would use), i.e. the staleness semantics without the speed-up.
 awaits it at once, which must equal `off` bit for bit (the same weights, prompts and seeds, through the
 thread path).
 
-Kill -9 / preemption: a prefetched batch lives only in memory. The checkpoint is written after the step's
-weight sync, when the next step's prompts were already drawn; on resume that batch is gone, its prompts are
-skipped (the data order stays as checkpointed) and the first resumed step generates in place with the
-checkpointed weights (staleness 0), as step 0 does.
+- bounded (`BoundedRolloutProducer`): a background thread feeds a buffer continuously, one step's batch after
+  the other, each tagged with the version of the weights that sampled it. It may start the batch of step j
+  while the engine holds version v only if j <= v + max_staleness (generated any earlier, it would be too old
+  when step j consumes it). At consumption a batch older than max_staleness versions is dropped, counted
+  (`rollout/dropped_stale`, in rows) and regenerated in place from the same prompts and step seed with the
+  current weights. The thread pauses at `before_weight_sync` (the generation in flight is drained: the
+  engine's weights never change under one) and resumes at the next `next()`, so the weight sync, eval and
+  checkpoint never meet a generation. max_staleness=0: step j is generated only once the engine holds version
+  j, i.e. `off` through the thread. Which version samples step j (>= j - max_staleness) depends on timing, so
+  a bounded run with max_staleness >= 1 is not reproducible bit for bit. With the in-process hf engine the
+  thread shares the CPU cores with the Megatron passes (the engine forks and reseeds the torch RNG per prompt;
+  the Megatron passes draw no random numbers, dropout is 0).
+
+Kill -9 / preemption: a prefetched or buffered batch lives only in memory. A checkpoint records the prompt
+state before the prompts of the next step to train (`Trainer.data_state`), so on resume the lost batches are
+regenerated from the same prompts and step seeds with the checkpointed weights (staleness 0 for the first
+resumed step, as step 0). `drop_at` is the test hook that makes an uninterrupted one_step_off run drop the
+batch prefetched for one step the same way (the reference of the kill -9 test).
 """
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -43,15 +58,27 @@ class Rollout:
     metrics: dict
     version: int
     prompts: object = None  # the step's prompts (the process reward of PAV's mc source continues them)
+    rows: int = 0  # samples in the batch (counted when a stale batch is dropped)
+
+
+def rollout_producer(produce, *, mode: str, start_step: int, total_steps: int, threaded: bool,
+                     lag: Optional[int] = None, max_staleness: int = 0, drop_at: Optional[int] = None):
+    """The producer of trainer.async_mode `mode`."""
+    if mode == "bounded":
+        return BoundedRolloutProducer(produce, start_step=start_step, total_steps=total_steps,
+                                      max_staleness=max_staleness)
+    return RolloutProducer(produce, mode=mode, start_step=start_step, total_steps=total_steps, threaded=threaded,
+                           lag=lag, drop_at=drop_at)
 
 
 class RolloutProducer:
     def __init__(self, produce: Callable[[int, int], Rollout], *, mode: str, start_step: int, total_steps: int,
-                 threaded: bool, lag: Optional[int] = None):
+                 threaded: bool, lag: Optional[int] = None, drop_at: Optional[int] = None):
         """`produce(step, version)` generates and scores the batch of `step` with the engine's current
         weights, which are `version`. `threaded`: the engine runs outside this process (servers)."""
         self.produce, self.mode, self.total_steps = produce, mode, total_steps
         self.lag = (1 if mode == "one_step_off" else 0) if lag is None else lag
+        self.drop_at = drop_at  # test hook: drop the batch prefetched for this step, as a resume does
         self.threaded = threaded or (mode != "off" and self.lag == 0)  # lag 0 awaits at once: safe anywhere
         self.version = start_step  # the engine holds the weights after `start_step` updates
         self._pending: Optional[tuple[int, Future | Rollout]] = None
@@ -59,7 +86,9 @@ class RolloutProducer:
 
     def next(self, step: int) -> Rollout:
         """The rollout that trains step `step`."""
-        if self._pending is not None and self._pending[0] == step:
+        if self._pending is not None and self._pending[0] == step and step == self.drop_at:
+            rollout = self.produce(step, self.version, self._take().prompts)  # the same prompts, this version
+        elif self._pending is not None and self._pending[0] == step:
             rollout = self._take()
         else:  # nothing prefetched (off, the first step, after a resume): generate in place, staleness 0
             self._pending = None
@@ -97,3 +126,89 @@ class RolloutProducer:
         _, item = self._pending
         self._pending = None
         return item.result() if isinstance(item, Future) else item
+
+
+class BoundedRolloutProducer:
+    """trainer.async_mode=bounded: a buffer fed by a background thread, at most `max_staleness` versions stale.
+
+    `produce(step, version, prompts=None)` generates the batch of `step` (from `prompts` when given: the
+    regeneration of a dropped batch) with the engine's current weights, `version`."""
+
+    def __init__(self, produce: Callable[..., Rollout], *, start_step: int, total_steps: int, max_staleness: int):
+        if max_staleness < 0:
+            raise ValueError(f"max_staleness must be >= 0, got {max_staleness}")
+        self.produce, self.total_steps, self.max_staleness = produce, total_steps, max_staleness
+        self.version = start_step
+        self._next = start_step  # the next step the thread generates
+        self._buffer: dict[int, Rollout] = {}
+        self._busy = False  # a generation is in flight
+        self._paused, self._closing, self._regenerating = True, False, False
+        self._error: Optional[BaseException] = None
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._feed, name="rollout-bounded", daemon=True)
+        self._thread.start()
+
+    def _may_start(self) -> bool:
+        return (not self._paused and not self._regenerating and self._next < self.total_steps
+                and self._next <= self.version + self.max_staleness)
+
+    def _feed(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closing or self._may_start())
+                if self._closing:
+                    return
+                step, version, self._busy = self._next, self.version, True
+                self._next += 1
+            try:
+                rollout = self.produce(step, version)
+            except BaseException as e:  # handed to the consumer, which raises it in the main thread
+                with self._cond:
+                    self._error, self._busy, self._closing = e, False, True
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._buffer[step], self._busy = rollout, False
+                self._cond.notify_all()
+
+    def next(self, step: int) -> Rollout:
+        """The rollout that trains `step` (the trainer holds version `step`); resumes the feed."""
+        with self._cond:
+            self._paused = False
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: step in self._buffer or self._error is not None)
+            if self._error is not None:
+                raise self._error
+            rollout = self._buffer.pop(step)
+        dropped = 0
+        if step - rollout.version > self.max_staleness:  # too old: the same prompts and seed, current weights
+            dropped = rollout.rows
+            with self._cond:  # one generation at a time on the engine (and its RNG): hold the feed
+                self._regenerating = True
+                self._cond.wait_for(lambda: not self._busy)
+            try:
+                rollout = self.produce(step, self.version, rollout.prompts)
+            finally:
+                with self._cond:
+                    self._regenerating = False
+                    self._cond.notify_all()
+        rollout.metrics = {**rollout.metrics, "rollout/dropped_stale": float(dropped)}
+        return rollout
+
+    def before_weight_sync(self) -> None:
+        """Pause the feed and drain the generation in flight: the engine's weights must not change under it."""
+        with self._cond:
+            self._paused = True
+            self._cond.wait_for(lambda: not self._busy)
+
+    def weights_synced(self, step: int) -> None:
+        with self._cond:
+            self.version = step
+
+    def close(self) -> None:
+        with self._cond:
+            self._paused = True
+            self._cond.wait_for(lambda: not self._busy)
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join()

@@ -137,7 +137,13 @@ EXERCISED: dict[str, tuple[str, ...]] = {
     "trainer.async_mode": ("tests/trainer/test_async_e2e.py::test_one_step_off_at_staleness_0_equals_off_bit_for_bit",
                            "tests/trainer/test_async_e2e.py::test_one_step_off_trains_on_the_previous_policy_version",
                            "tests/trainer/test_async_vllm_server_e2e.py::test_one_step_off_with_two_vllm_servers",
+                           "tests/trainer/test_async_bounded_e2e.py::test_bounded_at_max_staleness_0_equals_off_bit_for_bit",
                            f"{UNWIRED}::test_unwired_option_is_refused_in_one_line"),
+    "trainer.max_staleness": ("tests/trainer/test_async_bounded_e2e.py::test_bounded_at_max_staleness_0_equals_off_bit_for_bit",
+                              "tests/trainer/test_async_bounded_e2e.py::test_bounded_rows_are_at_most_max_staleness_old",
+                              "tests/trainer/test_rollout_producer.py::test_bounded_feed_is_throttled_by_max_staleness",
+                              "tests/trainer/test_async_vllm_server_e2e.py::test_bounded_with_two_vllm_servers",
+                              f"{UNWIRED}::test_unwired_option_is_refused_in_one_line"),
     "trainer.eval_temperature": (f"{PLUMB}::test_sampling_and_eval_parameters_reach_the_engine",),
     # checkpoint
     "checkpoint.interval": ("tests/trainer/test_checkpoint_dist.py::test_uninterrupted_run_saves_complete_checkpoints",),

@@ -136,5 +136,12 @@ def test_async_mode_off_is_the_word_not_yaml_false(tmp_path):
     f.write_text("trainer:\n  async_mode: off\n")
     assert load_config(f).trainer.async_mode == "off"
     assert load_config(None, ["trainer.async_mode=one_step_off", "trainer.async_mode=off"]).trainer.async_mode == "off"
-    with pytest.raises(ConfigError, match="'trainer.async_mode' = 'bounded' is not one of: off, one_step_off"):
-        load_config(None, ["trainer.async_mode=bounded"])
+    with pytest.raises(ConfigError, match="'trainer.async_mode' = 'fully_async' is not one of: off, one_step_off, "
+                                          "bounded"):
+        load_config(None, ["trainer.async_mode=fully_async"])
+
+
+def test_max_staleness_is_a_non_negative_int():
+    assert load_config(None, ["trainer.async_mode=bounded", "trainer.max_staleness=0"]).trainer.max_staleness == 0
+    with pytest.raises(ConfigError, match="'trainer.max_staleness' must be >= 0"):
+        load_config(None, ["trainer.async_mode=bounded", "trainer.max_staleness=-1"])

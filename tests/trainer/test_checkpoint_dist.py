@@ -9,6 +9,7 @@ This file is also the torchrun worker (`python -m torch.distributed.run ... test
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -112,7 +113,7 @@ def worker(mode: str, hf_dir: str, out_dir: str, tp: int, pp: int, resume: str, 
     start = ckpt.restore(parts)
     result["start"] = start
     result["position_after_restore"] = parts.prompts.position
-    trainer = SimpleNamespace(step_no=start)
+    trainer = SimpleNamespace(step_no=start, data_state=lambda step: copy.deepcopy(parts.prompts.state_dict()))
     for step in range(start + 1, STEPS + 1):
         if step == SAVE_AT + 1:
             result["draws_at_save"] = _draws()  # what the RNG gives right after the saved boundary

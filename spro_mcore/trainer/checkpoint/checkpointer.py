@@ -211,7 +211,7 @@ class Checkpointer:
     def maybe_save(self, trainer, step: int, metrics: Optional[dict] = None) -> None:
         """After every step: periodic checkpoint, and the stop after too many non-finite updates in a row."""
         self._finalize_async(blocking=False)
-        self._boundary = self._capture(step)
+        self._boundary = self._capture(step, trainer)
         problem = self._nonfinite_problem(metrics)
         if problem is not None:
             path = self._save(self._boundary)
@@ -222,9 +222,11 @@ class Checkpointer:
         if interval and step % interval == 0:
             self._save(self._boundary)
 
-    def _capture(self, step: int) -> Boundary:
-        return Boundary(step=step, optimizer_steps=self._parts.policy.optimizer_steps,
-                        prompts=copy.deepcopy(self._parts.prompts.state_dict()), rng=capture_rng())
+    def _capture(self, step: int, trainer=None) -> Boundary:
+        # the trainer's data state: async modes drew the prompts of steps not trained yet, drawn again on resume
+        prompts = trainer.data_state(step) if trainer is not None else copy.deepcopy(self._parts.prompts.state_dict())
+        return Boundary(step=step, optimizer_steps=self._parts.policy.optimizer_steps, prompts=prompts,
+                        rng=capture_rng())
 
     def _save(self, b: Boundary) -> Path:
         """Write checkpoint `b.step` (collective); with async_save the Megatron files are written in the
@@ -320,7 +322,7 @@ class Checkpointer:
         self._finalize_async(blocking=True)  # a pending save may be this very step
         b = self._boundary
         if b is None or b.step != trainer.step_no:
-            b = self._capture(trainer.step_no)
+            b = self._capture(trainer.step_no, trainer)
         if self.last_saved_step != b.step:
             self._save(b)
             self._finalize_async(blocking=True)
@@ -342,7 +344,7 @@ class Checkpointer:
         b = self._boundary
         unchanged = trainer.step_no == b.step and self._parts.policy.optimizer_steps == b.optimizer_steps
         if not unchanged:
-            b = self._capture(max(trainer.step_no, b.step + 1))
+            b = self._capture(max(trainer.step_no, b.step + 1), trainer)
             if self.layout.is_main:
                 log.warning("the failure came after step %d's update: saving it as finished", b.step)
         self._boundary = b
