@@ -1,6 +1,7 @@
-"""Folder transport with deltas: the folder stays one complete HF checkpoint, and each sync writes shards for
-the changed tensors only (`v<version>-<i>.safetensors`), points the index at them and removes shards nothing
-points to any more. The index's metadata carries the sync's manifest (`spro_weight_sync`); each shard's
+"""Folder transport with deltas: the folder stays one complete HF checkpoint, and each sync writes a file per
+changed tensor only (`v<version>-<i>.safetensors`), points the index at them and removes files nothing points
+to any more. One tensor per file because loaders (vLLM's reload) read every tensor of every indexed file: a
+shard mixing a superseded tensor with live ones would load the stale copy too. The index's metadata carries the sync's manifest (`spro_weight_sync`); each shard's
 safetensors header carries the version and digests of its tensors.
 
 An engine reads the whole folder as before (vLLM's `reload_weights(weights_path=...)` follows the index), so a
@@ -65,13 +66,14 @@ def write_delta_folder(buckets: Iterable[list[tuple[str, torch.Tensor]]], folder
         meta = _read_index(folder)["metadata"][META_KEY]
         weight_map, nbytes = dict(_read_index(folder)["weight_map"]), dict(meta["nbytes"])
     version = sender.version + 1
-    for i, bucket in enumerate(buckets, start=1):
-        tensors = {name: t.detach().to("cpu").contiguous() for name, t in bucket}
-        shard = f"v{version:06d}-{i:05d}.safetensors"
-        digests = {name: sender.running[name] for name in tensors}
-        save_file(tensors, str(target / shard), metadata={
-            "format": "pt", "spro_version": str(version), "spro_digests": json.dumps(digests)})
-        for name, t in tensors.items():
+    n = 0
+    for bucket in buckets:
+        for name, t in bucket:  # one file per tensor: a superseded tensor leaves no live copy behind
+            n += 1
+            t = t.detach().to("cpu").contiguous()
+            shard = f"v{version:06d}-{n:05d}.safetensors"
+            save_file({name: t}, str(target / shard), metadata={
+                "format": "pt", "spro_version": str(version), "spro_digests": json.dumps({name: sender.running[name]})})
             weight_map[name] = shard
             nbytes[name] = t.numel() * t.element_size()
     manifest = sender.manifest()

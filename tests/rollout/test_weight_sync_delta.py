@@ -42,8 +42,10 @@ def _sync_folder(sender: DeltaSender, weights: dict, folder, bucket_bytes: int =
 def _folder_state(folder) -> dict[str, torch.Tensor]:
     index = json.loads((folder / INDEX_NAME).read_text())
     out = {}
-    for shard in set(index["weight_map"].values()):
-        out.update(load_file(str(folder / shard)))
+    for shard in set(index["weight_map"].values()):  # what a loader reads: every tensor of every indexed file
+        for name, t in load_file(str(folder / shard)).items():
+            assert name not in out, f"{name} is in two files (a loader would read a stale copy)"
+            out[name] = t
     assert set(out) == set(index["weight_map"])
     return out
 
@@ -77,7 +79,7 @@ def test_folder_delta_sends_only_changed_and_equals_full(tmp_path):
     assert stats.tensors == 2 and set(m2.sent) == changed and (m2.base, m2.version) == (1, 2)
     assert stats.bytes == 2 * 16 * 8 * 4
     _assert_equal(_folder_state(folder), w2)  # what a full sync of w2 holds
-    # shards that hold only superseded tensors are gone; the rest are still referenced
+    # files of superseded tensors are gone; the rest are still referenced
     index = json.loads((folder / INDEX_NAME).read_text())
     assert {p.name for p in folder.glob("*.safetensors")} == set(index["weight_map"].values())
 
