@@ -14,18 +14,19 @@ refuse, with one line, a delta whose base is not the version held (missed update
 other than the manifest's (partial update), a received tensor whose digest is not the manifest's (corrupt or
 tampered), and an unchanged tensor whose held digest is not the manifest's (diverged state).
 
-Cost: the sender hashes the whole model every sync (blake2b, memory-bandwidth bound, ~1 GB/s per core): delta
-pays where bytes are dear (a shared filesystem, a network broadcast), not for copies in one process.
+Cost: the sender hashes the whole model every sync (xxh3, about one memory copy's time): delta pays where
+bytes are dear (a shared filesystem, a network broadcast) and when a step leaves tensors unchanged (frozen
+layers); a full fine-tuning step changes every tensor, and the delta then sends everything plus the hashing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Iterator, Optional
 
 import torch
+import xxhash
 
 
 class DeltaError(RuntimeError):
@@ -33,9 +34,11 @@ class DeltaError(RuntimeError):
 
 
 def tensor_digest(t: torch.Tensor) -> str:
-    """blake2b-128 of dtype, shape and bytes (a dtype or shape change counts as a change)."""
+    """xxh3-128 of dtype, shape and bytes (a dtype or shape change counts as a change). A checksum against
+    lost, stale and corrupted updates, not against an adversary; xxh3 hashes at memory speed (blake2b: ~15x
+    slower here, which made the sender's pass dominate the sync)."""
     t = t.detach().to("cpu").contiguous()
-    h = hashlib.blake2b(digest_size=16)
+    h = xxhash.xxh3_128()
     h.update(f"{t.dtype}{tuple(t.shape)}".encode())
     if t.numel():
         h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
