@@ -124,15 +124,19 @@ class VllmServerEngine(Engine):
     def _reload(self, url: str, kwargs: dict) -> None:
         self.pool.request(url, "POST", "/pause", params={"mode": "wait"})
         try:
-            self.pool.request(url, "POST", "/collective_rpc", {"method": "spro_reload_weights", "kwargs": kwargs})
-        except EngineError as e:
-            raise EngineError(f"{e} (was the server started by launch/vllm_server.sh, with VLLM_SERVER_DEV_MODE=1 "
-                              "and --worker-extension-cls spro_mcore.rollout.vllm_worker_extension."
-                              "SproWorkerExtension?)") from e
-        answer = self.pool.request(url, "POST", "/reset_prefix_cache")
-        if not (isinstance(answer, dict) and answer.get("success")):
-            raise EngineError(f"vllm server at {url}: prefix cache reset failed after the weight update: {answer}")
-        self.pool.request(url, "POST", "/resume")
+            try:
+                self.pool.request(url, "POST", "/collective_rpc", {"method": "spro_reload_weights", "kwargs": kwargs})
+            except EngineError as e:
+                if "weight sync delta" in str(e):  # refused before loading: the server keeps its weights
+                    raise
+                raise EngineError(f"{e} (was the server started by launch/vllm_server.sh, with "
+                                  "VLLM_SERVER_DEV_MODE=1 and --worker-extension-cls "
+                                  "spro_mcore.rollout.vllm_worker_extension.SproWorkerExtension?)") from e
+            answer = self.pool.request(url, "POST", "/reset_prefix_cache")
+            if not (isinstance(answer, dict) and answer.get("success")):
+                raise EngineError(f"vllm server at {url}: prefix cache reset failed after the weight update: {answer}")
+        finally:  # a paused server would hang every later request, the error's report included
+            self.pool.request(url, "POST", "/resume")
 
     def sleep(self) -> None:
         if self.release_memory:
