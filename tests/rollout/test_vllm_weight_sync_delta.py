@@ -38,7 +38,10 @@ def test_delta_sends_changed_tensors_and_matches_the_full_state(tiny_models, ref
     ("sglang", "server", "folder", "set weight_sync_delta=false"),
 ])
 def test_delta_is_refused_where_the_receiver_cannot_check_it(tiny_models, backend, mode, transport, hint):
-    spec = EngineSpec(backend=backend, mode=mode, model_path=str(tiny_models[(True, "a")]), weight_sync=transport,
-                      weight_sync_delta=True, server_urls=["http://127.0.0.1:1"], kv_cache_memory_bytes=64 << 20)
+    from spro_mcore.config.schema import RolloutConfig
+
+    cfg = RolloutConfig(engine=backend, mode=mode, weight_sync=transport, weight_sync_delta=True,
+                        server_urls=["http://127.0.0.1:1"], kv_cache_memory_bytes=64 << 20)
+    spec = EngineSpec.from_rollout_config(cfg, str(tiny_models[(True, "a")]))  # the config field reaches the spec
     with pytest.raises(EngineError, match=f"rollout.weight_sync_delta=true is not available .*{hint}"):
         build_engine(spec)
