@@ -52,6 +52,7 @@ class RolloutConfig:
     engine_tp: int = 1  # tensor parallel size inside each engine
     weight_sync: str = "auto"  # auto | tensors (in process) | folder (safetensors) | nccl (broadcast)
     weight_sync_dir: str = ""  # folder transport location; "" = <output_dir>/weight_sync (or /dev/shm)
+    weight_sync_delta: bool = False  # send only tensors changed since the last sync, checksummed (vLLM folder)
     bucket_bytes: int = 536870912  # bytes per weight-sync bucket
     sleep_when_idle: bool = False  # engines free weights + KV cache during the Megatron passes (vLLM: CUDA only)
     request_timeout_s: float = 600.0  # HTTP timeout per engine request

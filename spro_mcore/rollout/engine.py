@@ -135,6 +135,7 @@ class EngineSpec:
     max_model_len: int = 0  # longest prompt + response a colocated vLLM engine accepts; 0 = the model's
     weight_sync: str = "auto"  # auto | tensors | folder | nccl
     weight_sync_dir: str = ""  # folder transport location ("" = a fresh directory under /dev/shm or /tmp)
+    weight_sync_delta: bool = False  # send only the tensors changed since the last sync (weight_sync_delta.py)
     bucket_bytes: int = 512 << 20  # bytes per weight-sync bucket
     request_timeout_s: float = 600.0  # HTTP timeout per server request
     max_retries: int = 3  # HTTP retries with back-off before failing
@@ -166,6 +167,7 @@ SPEC_FIELDS = {
     "engine": "backend", "mode": "mode", "server_urls": "server_urls", "dtype": "dtype",
     "kv_cache_memory_bytes": "kv_cache_memory_bytes", "gpu_memory_utilization": "gpu_memory_utilization",
     "engine_tp": "engine_tp", "weight_sync": "weight_sync", "weight_sync_dir": "weight_sync_dir",
+    "weight_sync_delta": "weight_sync_delta",
     "bucket_bytes": "bucket_bytes", "request_timeout_s": "request_timeout_s", "max_retries": "max_retries",
     "sleep_when_idle": "release_memory",
 }
@@ -189,6 +191,15 @@ def check_weight_sync(spec: EngineSpec, supported: tuple[str, ...]) -> str:
         raise EngineError(f"rollout.weight_sync={spec.weight_sync!r} is not available for {spec.backend}/{spec.mode}; "
                           f"use one of: auto, {', '.join(supported)}")
     return spec.weight_sync
+
+
+def check_weight_sync_delta(spec: EngineSpec, transport: str, supported: tuple[str, ...] = ()) -> bool:
+    """`spec.weight_sync_delta`, refused where the backend's receiving side cannot check a delta."""
+    if spec.weight_sync_delta and transport not in supported:
+        raise EngineError(f"rollout.weight_sync_delta=true is not available for {spec.backend}/{spec.mode} with "
+                          f"weight_sync={transport}: " + (f"use weight_sync={supported[0]}" if supported else
+                          "its receiving side cannot check a delta's checksum; set weight_sync_delta=false"))
+    return spec.weight_sync_delta
 
 
 def build_engine(spec: EngineSpec) -> Engine:

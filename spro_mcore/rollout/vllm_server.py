@@ -20,16 +20,20 @@ import torch
 from spro_mcore.rollout.checkpoint_info import eos_token_ids, missing_weights, tensor_names
 from spro_mcore.rollout.engine import (
     Engine, EngineError, EngineSpec, Sample, SamplingParams, check_prompts, check_weight_sync,
+    check_weight_sync_delta,
 )
 from spro_mcore.rollout.server_pool import ServerPool
 from spro_mcore.rollout.weight_sync import SyncMeter, SyncStats, cast_tensors, engine_dtype, iter_buckets
+from spro_mcore.rollout.weight_sync_delta import DeltaSender
 from spro_mcore.rollout.weight_sync_folder import SyncDir, write_safetensors_folder
+from spro_mcore.rollout.weight_sync_folder_delta import write_delta_folder
 
 
 class VllmServerEngine(Engine):
     def __init__(self, urls: Sequence[str], model_path: str = "", dtype: str = "float32",
                  bucket_bytes: int = 512 << 20, weight_sync_dir: str = "", timeout_s: float = 600.0,
-                 max_retries: int = 3, ready_timeout_s: Optional[float] = None, release_memory: bool = False):
+                 max_retries: int = 3, ready_timeout_s: Optional[float] = None, release_memory: bool = False,
+                 weight_sync_delta: bool = False):
         """`model_path`: the HF checkpoint the servers were started from (EOS ids, the set of weights an
         update must contain, config files for the sync folder); "" leaves EOS to the servers.
         `release_memory`: make sleep()/wake() call /sleep and /wake_up (servers sharing GPUs with training)."""
@@ -42,15 +46,17 @@ class VllmServerEngine(Engine):
         self.eos_token_ids: Optional[list[int]] = eos_token_ids(model_path) if model_path else None
         self.expected_weights = tensor_names(model_path) if model_path else set()
         self.pool.wait_ready("/health", ready_timeout_s)  # None: timeout_s
+        # delta: only changed tensors are written; each server's worker checks the folder before loading it
+        self.delta = DeltaSender() if weight_sync_delta else None
         models = self.pool.request(self.pool.urls[0], "GET", "/v1/models")
         self.model_name = models["data"][0]["id"]
 
     @classmethod
     def from_spec(cls, spec: EngineSpec) -> "VllmServerEngine":
-        check_weight_sync(spec, ("folder",))
+        delta = check_weight_sync_delta(spec, check_weight_sync(spec, ("folder",)), ("folder",))
         return cls(spec.server_urls, model_path=spec.model_path, dtype=spec.dtype, bucket_bytes=spec.bucket_bytes,
                    weight_sync_dir=spec.weight_sync_dir, timeout_s=spec.request_timeout_s,
-                   max_retries=spec.max_retries, release_memory=spec.release_memory)
+                   max_retries=spec.max_retries, release_memory=spec.release_memory, weight_sync_delta=delta)
 
     def _payload(self, prompt: list[int], sampling: SamplingParams, seed: Optional[int]) -> dict:
         payload = {
@@ -97,28 +103,40 @@ class VllmServerEngine(Engine):
                 yield name, t
 
         with SyncMeter() as meter:
-            buckets = meter.count(iter_buckets(named(cast_tensors(named_tensors, self.dtype)), self.bucket_bytes))
-            folder = write_safetensors_folder(buckets, self.sync_dir.path, config_dir=self.model_path or None)
+            stream = named(cast_tensors(named_tensors, self.dtype))
+            if self.delta is None:
+                buckets = meter.count(iter_buckets(stream, self.bucket_bytes))
+                folder = write_safetensors_folder(buckets, self.sync_dir.path, config_dir=self.model_path or None)
+                kwargs = {"weights_path": str(folder)}
+            else:
+                buckets = meter.count(iter_buckets(self.delta.select(stream), self.bucket_bytes))
+                folder = write_delta_folder(buckets, self.sync_dir.path, self.delta, config_dir=self.model_path or None)
+                kwargs = {"weights_path": str(folder), "expect_version": self.delta.manifest().version}
             missing = missing_weights(self.expected_weights, sent)
             if missing:
                 raise EngineError(f"vllm server: update_weights is missing {len(missing)} weights (e.g. "
                                   f"{missing[:3]}); the exporter must send every weight")
-            self.pool.each(lambda url: self._reload(url, str(folder)))
+            self.pool.each(lambda url: self._reload(url, kwargs))
+            if self.delta is not None:
+                self.delta.commit()
         return meter.stats
 
-    def _reload(self, url: str, folder: str) -> None:
+    def _reload(self, url: str, kwargs: dict) -> None:
         self.pool.request(url, "POST", "/pause", params={"mode": "wait"})
         try:
-            self.pool.request(url, "POST", "/collective_rpc",
-                              {"method": "spro_reload_weights", "kwargs": {"weights_path": folder}})
-        except EngineError as e:
-            raise EngineError(f"{e} (was the server started by launch/vllm_server.sh, with VLLM_SERVER_DEV_MODE=1 "
-                              "and --worker-extension-cls spro_mcore.rollout.vllm_worker_extension."
-                              "SproWorkerExtension?)") from e
-        answer = self.pool.request(url, "POST", "/reset_prefix_cache")
-        if not (isinstance(answer, dict) and answer.get("success")):
-            raise EngineError(f"vllm server at {url}: prefix cache reset failed after the weight update: {answer}")
-        self.pool.request(url, "POST", "/resume")
+            try:
+                self.pool.request(url, "POST", "/collective_rpc", {"method": "spro_reload_weights", "kwargs": kwargs})
+            except EngineError as e:
+                if "weight sync delta" in str(e):  # refused before loading: the server keeps its weights
+                    raise
+                raise EngineError(f"{e} (was the server started by launch/vllm_server.sh, with "
+                                  "VLLM_SERVER_DEV_MODE=1 and --worker-extension-cls "
+                                  "spro_mcore.rollout.vllm_worker_extension.SproWorkerExtension?)") from e
+            answer = self.pool.request(url, "POST", "/reset_prefix_cache")
+            if not (isinstance(answer, dict) and answer.get("success")):
+                raise EngineError(f"vllm server at {url}: prefix cache reset failed after the weight update: {answer}")
+        finally:  # a paused server would hang every later request, the error's report included
+            self.pool.request(url, "POST", "/resume")
 
     def sleep(self) -> None:
         if self.release_memory:

@@ -10,9 +10,16 @@ from __future__ import annotations
 
 
 class SproWorkerExtension:
-    def spro_reload_weights(self, weights_iterator=None, weights_path: str | None = None) -> None:
+    def spro_reload_weights(self, weights_iterator=None, weights_path: str | None = None,
+                            expect_version: int | None = None) -> None:
+        """`expect_version`: the folder is a delta sync folder (rollout.weight_sync_delta) that must hold this
+        version; it is checked here, on the engine's side, before anything is loaded."""
         if weights_iterator is None and not weights_path:
             raise ValueError("spro_reload_weights needs weights_iterator or weights_path")
+        if expect_version is not None:
+            from spro_mcore.rollout.weight_sync_folder_delta import verify_delta_folder
+
+            verify_delta_folder(weights_path, int(expect_version))
         self.reload_weights(weights_iterator=weights_iterator, weights_path=weights_path)
         model = self.model_runner.get_model() if hasattr(self.model_runner, "get_model") else self.model_runner.model
         config = getattr(model, "config", None)

@@ -5,6 +5,11 @@ The group is separate from the trainer's default group (its own TCP rendezvous, 
 way SGLang's `/init_weights_update_group` builds it on the engine side, so both ends agree: the trainer is
 rank 0, engine worker ranks start at `rank_offset`. Per bucket, the receiver is told names, dtypes and
 shapes (SGLang: `/update_weights_from_distributed`), then every tensor is broadcast from rank 0 in order.
+
+Delta (rollout.weight_sync_delta): the buckets carry only the changed tensors (`DeltaSender.select`), and
+the sync's manifest follows the last bucket (`send_all(..., delta=sender)`); a receiver that keeps a
+`DeltaReceiver` takes both with `receive_delta` and refuses a delta that does not apply on what it holds.
+The sender commits only once every receiver has acknowledged (the caller's `wait`).
 """
 
 from __future__ import annotations
@@ -12,12 +17,13 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 import torch.distributed as dist
 
 from spro_mcore.parallel import collectives
+from spro_mcore.rollout.weight_sync_delta import DeltaReceiver, DeltaSender, Manifest
 
 
 @dataclass(frozen=True)
@@ -77,10 +83,31 @@ def destroy_group(group: dist.ProcessGroup) -> None:
     dist.destroy_process_group(group)
 
 
-def send_all(group: dist.ProcessGroup, buckets: Iterable[list[tuple[str, torch.Tensor]]], announce) -> None:
+def send_all(group: dist.ProcessGroup, buckets: Iterable[list[tuple[str, torch.Tensor]]], announce,
+             delta: Optional[DeltaSender] = None) -> None:
     """For each bucket: `announce(BucketMeta)` (starts the receivers, e.g. an HTTP call in a thread, and
-    returns a callable that waits for them), broadcast, then wait."""
+    returns a callable that waits for them), broadcast, then wait. With `delta` (whose `select` made the
+    buckets), the manifest follows; the caller commits the sender once the receivers have applied it."""
     for bucket in buckets:
         wait = announce(BucketMeta.of(bucket))
         broadcast_bucket(group, bucket)
         wait()
+    if delta is not None:
+        send_manifest(group, delta.manifest())
+
+
+def send_manifest(group: dist.ProcessGroup, manifest: Manifest) -> None:
+    collectives.broadcast_object(manifest.to_json(), 0, group)
+
+
+def receive_delta(group: dist.ProcessGroup, metas: Iterable[BucketMeta], receiver: DeltaReceiver,
+                  device: torch.device | str = "cpu") -> tuple[Manifest, dict[str, torch.Tensor]]:
+    """A receiver's side of one delta sync: the announced buckets, then the manifest, checked against what
+    `receiver` holds (DeltaError if it does not apply). The caller applies the tensors, then
+    `receiver.commit(manifest)`."""
+    received: dict[str, torch.Tensor] = {}
+    for meta in metas:
+        received.update(receive_bucket(group, meta, device))
+    manifest = Manifest.from_json(collectives.broadcast_object(None, 0, group))
+    receiver.check(manifest, received)
+    return manifest, received

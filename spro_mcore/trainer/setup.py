@@ -77,7 +77,7 @@ def build_components(cfg: Config, layout: Layout, *, checkpointer=None) -> Compo
     scorer = GroupScorer(cfg.data.reward_fn, timeout_s=cfg.data.reward_timeout_s)
     def initial_engine():  # PAV's frozen prover: an embedded hf engine on the initial weights, never synced
         rollout = dataclasses.replace(cfg.rollout, engine="hf", mode="colocated", server_urls=[], engine_tp=1,
-                                      weight_sync="auto")
+                                      weight_sync="auto", weight_sync_delta=False)
         return build_engine(EngineSpec.from_rollout_config(rollout, hf_dir, seed=cfg.trainer.seed + 1,
                                                            max_model_len=policy.arch.max_position_embeddings))
 

@@ -113,3 +113,30 @@ def check_incomplete_update_fails(engine, start_path, new_path):
     with pytest.raises(EngineError, match="model.norm.weight"):
         engine.update_weights(weights.items())
     engine.update_weights(hf_state_dict(start_path).items())
+
+
+def check_delta_update(engine, start_path, new_path, mixed_dir, reference) -> None:
+    """An engine with rollout.weight_sync_delta: the first sync sends everything; after a step that moved
+    layer 1 only (what `new_path` has there, `start_path` elsewhere), only the tensors whose bytes changed are
+    sent, and the engine's log-probs equal the HF reference of the full new state (and not the old one)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    start, new = hf_state_dict(start_path), hf_state_dict(new_path)
+    mixed = {n: (new[n] if n.startswith("model.layers.1.") else t) for n, t in start.items()}
+    shutil.copytree(start_path, mixed_dir)
+    save_file(mixed, str(mixed_dir / "model.safetensors"), metadata={"format": "pt"})
+    changed = {n for n, t in mixed.items() if not torch.equal(t, start[n])}
+    # layer 1's norms are ones in both checkpoints: equal bytes, not sent
+    assert changed and all(n.startswith("model.layers.1.") for n in changed)
+    assert len(changed) < sum(n.startswith("model.layers.1.") for n in mixed)
+
+    assert engine.update_weights(start.items()).tensors == len(start)  # the first sync is full
+    stats = engine.update_weights(mixed.items())
+    assert stats.tensors == len(changed)
+    assert stats.bytes == sum(mixed[n].numel() * mixed[n].element_size() for n in changed)
+    prompts = long_prompts()
+    after = engine.generate(prompts, SamplingParams(n=2, temperature=TEMPERATURE, max_new_tokens=12, seed=7))
+    assert max_logprob_gap(reference, mixed_dir, prompts, after, TEMPERATURE) <= TOL
+    assert max_logprob_gap(reference, start_path, prompts, after, TEMPERATURE) > 0.5

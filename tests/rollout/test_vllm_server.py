@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from spro_mcore.parallel.distributed import free_port
-from tests.rollout.engine_contract import check_parity_across_update, check_seeded_sampling, check_stop_token
+from tests.rollout.engine_contract import (
+    check_delta_update, check_parity_across_update, check_seeded_sampling, check_stop_token,
+)
+from tests.rollout.rollout_helpers import hf_state_dict
 from tests.rollout.server_process import running_server
 
 pytest.importorskip("vllm")
@@ -52,3 +55,22 @@ def test_seeded_sampling(served):
 
 def test_stop_token(served):
     check_stop_token(served[0])
+
+
+def test_delta_sync_through_the_server(served, tiny_models, reference, tmp_path):
+    """rollout.weight_sync_delta over HTTP: a second client with deltas on the same server; the server's
+    worker checks each delta folder (a wrong version is refused over /collective_rpc)."""
+    from spro_mcore.rollout.engine import EngineError
+
+    engine, tied = served
+    start = tiny_models[(tied, "a")]
+    delta = build_engine(EngineSpec(backend="vllm", mode="server", server_urls=engine.pool.urls,
+                                    model_path=str(start), weight_sync_dir=str(tmp_path / "delta"),
+                                    request_timeout_s=120.0, weight_sync_delta=True))
+    try:
+        check_delta_update(delta, start, tiny_models[(tied, "b")], tmp_path / "mixed", reference)
+        with pytest.raises(EngineError, match="holds version 2, the trainer wrote 3"):
+            delta._reload(delta.pool.urls[0], {"weights_path": str(delta.sync_dir.path), "expect_version": 3})
+    finally:
+        delta.close()
+        engine.update_weights(hf_state_dict(start).items())  # the module's server back at its start weights

@@ -8,11 +8,14 @@ Rows (each the median of --repeats after one warm-up, interleaved so machine noi
 - hf: HfEngine.update_weights (bucketing, casting, copy into the HF model);
 - folder write: write_safetensors_folder to --sync-dir (the server-mode transport's first half);
 - vllm tensors / vllm folder: VllmEngine.update_weights in process (reload_weights + prefix-cache reset),
-  from tensors or through the safetensors folder (if vllm is installed).
+  from tensors or through the safetensors folder (if vllm is installed);
+- folder delta 0% / N%: the delta folder transport (rollout.weight_sync_delta) writing a sync in which no
+  tensor / the tensors of the first N% of layers changed (each call alternates between two such states), the
+  sender's hashing of every tensor included; `MiB sent` shows the bytes each row moves.
 The source is the HF state dict of the model (the exporter's output format). Ratios are to memcpy.
 
     python tools/bench/bench_weight_sync.py [--hidden 512 --layers 8 --vocab 32000] [--repeats 3]
-        [--threads 2] [--megatron] [--no-vllm] [--sync-dir /dev/shm/bench_sync]
+        [--threads 2] [--megatron] [--no-vllm] [--sync-dir /dev/shm/bench_sync] [--delta-layers 0.25]
 """
 from __future__ import annotations
 
@@ -71,13 +74,17 @@ def main(argv=None) -> None:
     ap.add_argument("--megatron", action="store_true", help="also time the Megatron export (TP=1)")
     ap.add_argument("--no-vllm", action="store_true")
     ap.add_argument("--sync-dir", default="")
+    ap.add_argument("--delta-layers", type=float, default=0.25,
+                    help="fraction of layers whose tensors change between the delta rows' syncs")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     from spro_mcore.rollout.hf_engine import HfEngine
     from spro_mcore.rollout.weight_sync import iter_buckets
+    from spro_mcore.rollout.weight_sync_delta import DeltaSender
     from spro_mcore.rollout.weight_sync_folder import SyncDir, write_safetensors_folder
+    from spro_mcore.rollout.weight_sync_folder_delta import write_delta_folder
 
     work = Path(tempfile.mkdtemp(prefix="bench_weight_sync_"))
     model_dir = build_model(work / "model", args.hidden, args.layers, args.vocab, args.tied)
@@ -98,6 +105,22 @@ def main(argv=None) -> None:
         "hf": lambda: hf.update_weights(source.items()),
         "folder write": lambda: write_safetensors_folder(iter_buckets(source.items(), args.bucket_bytes), sync_dir),
     }
+    sent = {name: nbytes for name in rows}
+    moved_layers = {f"model.layers.{i}." for i in range(round(args.delta_layers * args.layers))}
+    moved = {n for n in source if any(n.startswith(p) for p in moved_layers)}
+    stepped = {n: (t + 1e-3 if n in moved else t) for n, t in source.items()}
+    for i, (label, states) in enumerate((("folder delta 0%", [source]),
+                                         (f"folder delta {args.delta_layers:.0%}", [stepped, source]))):
+        sender, turn, folder = DeltaSender(), [0], sync_dir.with_name(f"{sync_dir.name}_delta{i}")
+
+        def delta_write(sender=sender, states=states, turn=turn, folder=folder):
+            w = states[turn[0] % len(states)]
+            turn[0] += 1
+            write_delta_folder(iter_buckets(sender.select(w.items()), args.bucket_bytes), folder, sender)
+            sender.commit()
+        delta_write()  # the first sync is full
+        rows[label] = delta_write
+        sent[label] = sum(source[n].numel() * source[n].element_size() for n in moved) if len(states) > 1 else 0
     if args.megatron:
         export = megatron_exporter(model_dir)
         rows["megatron export"] = lambda: [None for _ in export()]
@@ -124,14 +147,16 @@ def main(argv=None) -> None:
             fn()
             times[name].append(time.perf_counter() - t0)
     base = statistics.median(times["memcpy"])
-    print(f"{'row':<18}{'median s':>10}{'GiB/s':>9}{'x memcpy':>10}")
+    print(f"{'row':<20}{'median s':>10}{'MiB sent':>10}{'x memcpy':>10}")
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"{name:<18}{med:>10.4f}{nbytes / 2**30 / med:>9.2f}{med / base:>10.1f}")
+        print(f"{name:<20}{med:>10.4f}{sent.get(name, nbytes) / 2**20:>10.0f}{med / base:>10.2f}")
     for eng in engines:
         eng.close()
     hf.close()
     sync.cleanup()
+    for i in range(2):
+        shutil.rmtree(sync_dir.with_name(f"{sync_dir.name}_delta{i}"), ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
 
 
