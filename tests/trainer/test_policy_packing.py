@@ -1,7 +1,8 @@
 """The policy's packed path (trainer.packing) against its padded path on real megatron-core: the log-prob
 passes agree, the first update's PPO ratio is exactly 1, and the step's gradient (DDP's main_grad after
 `update`) is the same with packing on or off, for any number of micro-batches (token budget) and over two
-data-parallel ranks holding half of the rows each. Lengths are skewed like RL rollouts."""
+data-parallel ranks whose rows are spread by tokens (dp_balance.py), also when the ranks run different
+numbers of micro-batches or one holds a single row. Lengths are skewed like RL rollouts."""
 
 import pytest
 import torch
@@ -40,18 +41,21 @@ def _step(hf_dir, runs):
 
     layout = initialize_model_parallel(1, 1)
     out = []
-    for packing, budget in runs:
+    for run in runs:  # (packing, budget[, rows per rank, mini-batches, lr])
+        packing, budget, share, mini_batches, lr = (*run, None, 1, 1e-3)[:5] if len(run) == 2 else run
         seed_everything(3)
         cfg = Config()
         cfg.model.transformer_impl = "local"
         cfg.model.logprob_chunk_tokens = 7
-        cfg.optim.use_distributed_optimizer, cfg.optim.clip_grad, cfg.optim.lr = False, 0.0, 1e-3
+        cfg.optim.use_distributed_optimizer, cfg.optim.clip_grad, cfg.optim.lr = False, 0.0, lr
         cfg.rollout.max_new_tokens, cfg.rollout.temperature = T, 0.9
         cfg.algo.kl_coef = 0.1
         cfg.trainer.packing, cfg.trainer.micro_batch_tokens = packing, budget
-        actor = MegatronPolicy(cfg, layout, hf_dir, hf_dir, total_updates=1)
+        cfg.trainer.mini_batches = mini_batches
+        actor = MegatronPolicy(cfg, layout, hf_dir, hf_dir, total_updates=mini_batches)
         full, adv = _batch(actor.arch.vocab_size)
-        rows = list(range(layout.dp_rank, len(full), layout.dp))  # this data-parallel rank's share
+        # this data-parallel rank's rows (interleaved, or as given per rank)
+        rows = share[layout.dp_rank] if share else list(range(layout.dp_rank, len(full), layout.dp))
         batch, adv = full.select(rows), adv[rows][:, :full.select(rows).response_mask.shape[1]]
         old, ent = actor.logprobs(batch, with_entropy=True)
         ref, _ = actor.logprobs(batch, reference=True)
@@ -61,8 +65,15 @@ def _step(hf_dir, runs):
         micro = actor._update_micro_batches(batch, {"response_mask": batch.response_mask.float()},
                                             torch.arange(len(batch)))[0]
         assert ("cu_seqlens" in micro[0]) == packing  # trainer.packing picks the layout
+        updates = []
+        if layout.dp > 1 and packing:  # the balanced share of each mini-batch this rank ran
+            from spro_mcore.trainer.policy.dp_balance import gather_replicas
+
+            view = gather_replicas(batch, {}, layout.dp_rank)
+            updates = [view.share(r, budget) for r in view.mini_batch_rows(mini_batches)]
+            updates = [(s.rows, len(s.packs)) for s in updates]  # rows of the replicas' concatenation
         out.append({"old": old, "ent": ent, "ref": ref, "metrics": metrics, "grads": grads, "rows": rows,
-                    "n_packs": n_packs})
+                    "n_packs": n_packs, "shares": updates})
         dist.barrier()
     return out
 
@@ -89,11 +100,58 @@ def test_packed_update_equals_padded(hf_dir):
             assert abs(run["metrics"][k] - padded["metrics"][k]) <= 1e-5 * max(1.0, abs(padded["metrics"][k])), k
 
 
-def test_packed_update_over_two_data_parallel_ranks(hf_dir):
-    single = run_in_processes(_step, 1, hf_dir, RUNS[:1])[0][0]
-    ranks = run_in_processes(_step, 2, hf_dir, [(True, 24)])
-    for r in ranks:  # DDP sums the ranks' shares: the same gradient as one rank holding every row
-        run = r[0]
-        torch.testing.assert_close(run["old"], single["old"][run["rows"]][:, :run["old"].shape[1]], rtol=0, atol=1e-5)
+def _lens(rows):
+    return sum(PROMPT[i] + RESPONSE[i] for i in rows)
+
+
+ORDER = [0, 7, 1, 2, 3, 4, 5, 6]
+# (packing, budget, rows of each rank, mini-batches, lr); the one-rank references below, same index
+DP_RUNS = [
+    (True, 24, [[0, 2, 4, 6], [1, 3, 5, 7]], 1, 1e-3),  # slices of 32 vs 47 tokens
+    (True, 12, [[0, 1, 2, 3, 4, 5, 7], [6]], 1, 1e-3),  # 65 vs 14 tokens; the balanced shares run 4 vs 2 packs
+    # 7 mini-batches, rank 1 holding one row: the global mini-batches are {0, 7}, {1}, ..., {6} (as one rank
+    # splits ORDER), so one rank has nothing to train on in the last six; lr 0 keeps the weights
+    (True, 4096, [ORDER[:1] + ORDER[2:], [7]], 7, 0.0),
+]
+REF_RUNS = [(False, 4096, None, 1, 1e-3), (False, 4096, [ORDER], 7, 0.0)]
+REF_OF = [0, 0, 1]
+
+
+@pytest.fixture(scope="module")
+def dp_runs(hf_dir):
+    """Every data-parallel case in one 2-process job, their one-rank padded references in one 1-process job."""
+    single = run_in_processes(_step, 1, hf_dir, REF_RUNS)[0]
+    ranks = run_in_processes(_step, 2, hf_dir, DP_RUNS)
+    return [single[i] for i in REF_OF], [[r[k] for r in ranks] for k in range(len(DP_RUNS))]
+
+
+@pytest.mark.parametrize("case", [0, 1, 2])
+def test_balanced_over_two_data_parallel_ranks_equals_one(dp_runs, case):
+    """DP=2 with rows spread by tokens == DP=1 on the whole batch: the same log-probs for each rank's own
+    rows, the same gradient (DDP sums the shares, each normalised by the global counts), the first ratio 1.
+    A rank with no rows in a mini-batch runs a masked row (no loss, no gradient, the same metric keys)."""
+    single, runs = dp_runs[0][case], dp_runs[1][case]
+    share = DP_RUNS[case][2]
+    # one deterministic assignment, computed alike on every rank: the ranks' shares partition each mini-batch
+    for (rows0, _), (rows1, _) in zip(runs[0]["shares"], runs[1]["shares"], strict=True):
+        assert not set(rows0) & set(rows1)
+    assert sorted(r for run in runs for rows, _ in run["shares"] for r in rows) == list(range(len(PROMPT)))
+    for run in runs:
+        at = [single["rows"].index(r) for r in run["rows"]]  # the reference's rows of this rank's rows
+        for k in ("old", "ent", "ref"):
+            torch.testing.assert_close(run[k], single[k][at][:, :run[k].shape[1]], rtol=0, atol=1e-5, msg=k)
+        assert single["grads"].abs().max() > 1e-3
         torch.testing.assert_close(run["grads"], single["grads"], rtol=1e-5, atol=1e-6)
-        assert run["metrics"]["ppo/approx_kl"] == 0.0
+        assert run["metrics"]["ppo/approx_kl"] == 0.0 and abs(run["metrics"]["ppo/ratio_mean"] - 1.0) < 1e-7
+        for k in ("loss/policy", "loss/kl", "entropy/mean"):
+            assert abs(run["metrics"][k] - single["metrics"][k]) <= 1e-5 * max(1.0, abs(single["metrics"][k])), k
+    if case < 2:
+        assert sorted(runs[0]["shares"][0][0]) != list(range(len(share[0])))  # rows did move between ranks
+        slices = max(_lens(r) for r in share) / (_lens(range(len(PROMPT))) / 2)
+        assert slices > 1.15  # the fixed slices are skewed ...
+        assert runs[0]["metrics"]["perf/dp_token_imbalance"] < 1.05 < slices  # ... the balanced shares are not
+    if case == 1:  # the ranks ran different numbers of micro-batches (and nothing hung)
+        assert runs[0]["shares"][0][1] != runs[1]["shares"][0][1]
+    if case == 2:  # each single-row mini-batch: one rank computed it, the other ran its masked row
+        for (rows0, _), (rows1, _) in zip(runs[0]["shares"][1:], runs[1]["shares"][1:]):
+            assert sorted((len(rows0), len(rows1))) == [0, 1]

@@ -12,6 +12,10 @@ micro-batches and DDP averages gradients over data-parallel ranks. Both are swit
 micro-batch is normalised by the GLOBAL token / sequence counts of its mini-batch (all data-parallel ranks),
 so the accumulated gradient equals the gradient of the one-big-batch loss.
 
+With packing and more than one data-parallel replica, the rows of each global mini-batch are spread over
+the replicas by tokens rather than by fixed row slices (`dp_balance.py`); the normalisation above is what
+keeps the gradient the same.
+
 Devices: batches arrive on the CPU; each micro-batch moves to the model's device as it is built, and every
 result goes back to the CPU (`Policy`'s contract). Collectives go through `parallel.collectives`, which puts
 their tensors on the backend's device (NCCL: CUDA, gloo: CPU).
@@ -28,6 +32,7 @@ from spro_mcore.config.schema import Config
 from spro_mcore.parallel import collectives
 from spro_mcore.parallel.distributed import Layout
 from spro_mcore.trainer.micro_batches import split_even, token_balanced_micro_batches
+from spro_mcore.trainer.policy.dp_balance import ReplicaView, Share, gather_replicas
 from spro_mcore.trainer.policy.interface import Policy
 from spro_mcore.trainer.policy.megatron_state import load_training_state, sharded_training_state
 from spro_mcore.trainer.rollout_batch import RolloutBatch
@@ -157,6 +162,8 @@ class MegatronPolicy(Policy):
         ctx = self._reference_weights() if (reference and self._ref_chunks is None) else contextlib.nullcontext()
         lps, ents = [], []
         with ctx, self._fp8(models, forward_only=True):
+            if self._dp_balance:
+                return self._balanced_logprobs(models, batch, with_entropy)
             for rows in split_even(len(batch), self.cfg.trainer.mini_batches):
                 idx = torch.tensor(list(rows))
                 lp, ent = sequence_logprobs(
@@ -168,6 +175,54 @@ class MegatronPolicy(Policy):
                 lps.append(lp)
                 ents.append(ent)
         return torch.cat(lps).cpu(), (torch.cat(ents).cpu() if with_entropy else None)
+
+    @property
+    def _dp_balance(self) -> bool:
+        """Rows spread over data-parallel replicas by tokens (packing only: padded micro-batches keep slices)."""
+        return self.cfg.trainer.packing and self.layout.dp > 1
+
+    def _balanced_logprobs(self, models, batch: RolloutBatch, with_entropy: bool):
+        """`logprobs` with the rows balanced over the replicas: each rank computes its share of every
+        mini-batch, the rows go back to the replicas that own them."""
+        from spro_mcore.models.logprobs import sequence_logprobs
+
+        view = gather_replicas(batch, {}, self.layout.dp_rank)
+        g = view.batch
+        width = g.response_mask.shape[1]
+        out = torch.zeros(2 if with_entropy else 1, len(g), width, dtype=torch.float32)
+        for rows in view.mini_batch_rows(self.cfg.trainer.mini_batches):
+            share = view.share(rows, self.cfg.trainer.micro_batch_tokens)
+            if not share.rows:  # forward-only: nothing to run, no collective missed
+                continue
+            idx = torch.tensor(share.rows)
+            lp, ent = sequence_logprobs(
+                models, g.input_ids[idx], g.prompt_lens[idx], g.response_lens[idx],
+                temperature=self.cfg.rollout.temperature, with_entropy=with_entropy,
+                chunk_tokens=self.cfg.model.logprob_chunk_tokens, response_width=width, packs=share.packs,
+            )
+            out[0, idx] = lp.cpu()
+            if with_entropy:
+                out[1, idx] = ent.cpu()
+        T = batch.response_mask.shape[1]
+        lp = view.scatter_rows(out[0], T)
+        return lp, (view.scatter_rows(out[1], T) if with_entropy else None)
+
+    def _balanced_micro_batches(self, view: ReplicaView, share: Share):
+        """(packed micro-batches, pack length, 1) of this rank's share of a mini-batch. A rank with no rows
+        (a mini-batch with fewer rows than replicas) runs one row with an all-zero response mask: no loss,
+        no gradient, but the same metric keys as the others."""
+        from spro_mcore.models.logprobs import build_packs
+
+        g = view.batch
+        rows, packs = share.rows, share.packs
+        fields = view.fields
+        if not rows:
+            rows, packs = [0], [[0]]
+            fields = {**fields, "response_mask": torch.zeros_like(fields["response_mask"])}
+        idx = torch.tensor(rows)
+        micro, pack_len = build_packs(self.model, g.input_ids[idx], g.prompt_lens[idx], g.response_lens[idx],
+                                      packs, {k: v[idx] for k, v in fields.items()})
+        return [_to_device(mb, self.device) for mb in micro], pack_len, 1
 
     # ---- the PPO update ---------------------------------------------------------------------------
     def update(self, batch: RolloutBatch, advantages: torch.Tensor, old_logprobs: torch.Tensor,
@@ -189,12 +244,22 @@ class MegatronPolicy(Policy):
         fields = dict(advantages=advantages, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
                       engine_logprobs=batch.engine_logprobs, response_mask=batch.response_mask.float())
         step_metrics: list[dict] = []
-        grad_norms, skipped = [], 0
+        grad_norms, skipped, imbalance = [], 0, []
+        view = gather_replicas(batch, fields, self.layout.dp_rank) if self._dp_balance else None
+        mini = (view.mini_batch_rows(self.cfg.trainer.mini_batches) if view is not None
+                else [list(r) for r in split_even(len(batch), self.cfg.trainer.mini_batches)])
         for _ in range(self.cfg.trainer.ppo_epochs):
-            for rows in split_even(len(batch), self.cfg.trainer.mini_batches):
-                idx = torch.tensor(list(rows))
-                counts = self._global_counts(batch.response_mask[idx])
-                micro, seq, mbs = self._update_micro_batches(batch, fields, idx)
+            for rows in mini:
+                if view is not None:
+                    share = view.share(rows, self.cfg.trainer.micro_batch_tokens)
+                    imbalance.append(share.imbalance)
+                    counts = _counts(view.fields["response_mask"][rows])  # the global batch is here: no reduce
+                    micro, seq, mbs = self._balanced_micro_batches(view, share)
+                else:
+                    idx = torch.tensor(rows)
+                    imbalance.append(self._slice_imbalance(batch.total_lens[idx]))
+                    counts = self._global_counts(batch.response_mask[idx])
+                    micro, seq, mbs = self._update_micro_batches(batch, fields, idx)
 
                 def loss_fn(mb, logprobs, entropy, counts=counts):
                     # this micro-batch's additive share of the mini-batch loss (global counts)
@@ -213,7 +278,7 @@ class MegatronPolicy(Policy):
                         forward_step_func=make_forward_step(
                             loss_fn, temperature=self.cfg.rollout.temperature, with_entropy=True,
                             chunk_tokens=self.cfg.model.logprob_chunk_tokens,
-                            response_width=batch.response_mask.shape[1]),
+                            response_width=(view.batch if view is not None else batch).response_mask.shape[1]),
                         data_iterator=iter(micro) if len(self.model) == 1 else [iter(micro) for _ in self.model],
                         model=self.model, num_microbatches=len(micro), seq_length=seq, micro_batch_size=mbs,
                         forward_only=False,
@@ -234,13 +299,24 @@ class MegatronPolicy(Policy):
         metrics["train/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
         metrics["train/lr"] = self.optimizer.param_groups[0]["lr"]
         metrics["train/skipped_updates"] = skipped
+        if self.layout.dp > 1:
+            metrics["perf/dp_token_imbalance"] = sum(imbalance) / len(imbalance)
         return metrics
 
     def _global_counts(self, response_mask: torch.Tensor) -> tuple[float, float]:
         """(tokens, sequences with >= 1 token) of this mini-batch over all data-parallel ranks."""
-        t = torch.tensor([response_mask.sum(), (response_mask.sum(1) > 0).sum()], dtype=torch.float64)
+        t = torch.tensor(_counts(response_mask), dtype=torch.float64)
         collectives.all_reduce(t, "sum", group="dp")
         return float(t[0]), float(t[1])
+
+    def _slice_imbalance(self, total_lens: torch.Tensor) -> float:
+        """Max over mean of the real tokens the replicas hold in fixed row slices (1.0 without DP)."""
+        if self.layout.dp == 1:
+            return 1.0
+        t = torch.tensor([float(total_lens.sum())], dtype=torch.float64)
+        tokens = [float(x) for x in collectives.all_gather(t, group="dp")]
+        mean = sum(tokens) / len(tokens)
+        return max(tokens) / mean if mean else 1.0
 
     def _grads_finite(self) -> bool:
         local = all(bool(torch.isfinite(p.main_grad).all()) for p in self._params()
@@ -280,6 +356,11 @@ class MegatronPolicy(Policy):
             "model_type": arch.family, "dtype": str(chunk.config.params_dtype).replace("torch.", ""),
             "padded_vocab_size": chunk.vocab_size, "vocab_size": arch.vocab_size, "hf_config": dict(arch.config),
         }
+
+
+def _counts(response_mask: torch.Tensor) -> tuple[float, float]:
+    """(tokens, sequences with >= 1 token) of a [B, T] response mask."""
+    return float(response_mask.sum()), float((response_mask.sum(1) > 0).sum())
 
 
 def _sum_shares(outputs: list[dict]) -> dict[str, float]:
