@@ -1,0 +1,107 @@
+"""`spro-mcore pav train` checkpoints like the trainer: killed (-9, its whole process group) while a checkpoint
+is being written, the previous checkpoint stays intact; rerun, it resumes from it, and the exported verifier
+(weights and head) and every metrics row equal an uninterrupted run's bit for bit (fp32 CPU); keep_last holds.
+The kill moment is scaled by the uninterrupted run's measured save time."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from spro_mcore.config import load_config
+from spro_mcore.pav.collect import collect
+from tests.pav.test_collect import overrides
+from tests.pav.tiny_vocab import make_policy, write_prompts
+
+pytestmark = pytest.mark.dist
+
+ROOT = Path(__file__).resolve().parents[2]
+STEPS, INTERVAL, KEEP = 5, 2, 2  # checkpoints at 2, 4 and 5 (the end); 2 and 4 kept until 5 is in
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pavresume")
+    base = overrides(make_policy(root / "policy"), write_prompts(root / "prompts.jsonl"), root / "data", n_mc=2,
+                     num_prompts=8, prompts_per_batch=4, samples_per_prompt=2)
+    collect(load_config(None, base))
+    return base + [f"pav.train_steps={STEPS}", "pav.batch_size=4", "pav.eval_interval=2", "pav.heldout_fraction=0.25",
+                   "optim.lr=0.003", "optim.warmup_steps=2", f"checkpoint.interval={INTERVAL}",
+                   f"checkpoint.keep_last={KEEP}", "logging.level=INFO"]
+
+
+def _command(args, verifier_dir):
+    return [sys.executable, "-m", "spro_mcore.cli", "pav", "train", *args, f"pav.verifier_dir={verifier_dir}"]
+
+
+def _env():
+    return dict(os.environ, OMP_NUM_THREADS="2")
+
+
+def _run(args, verifier_dir) -> subprocess.CompletedProcess:
+    r = subprocess.run(_command(args, verifier_dir), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def _rows(verifier_dir) -> list[dict]:
+    return [json.loads(line) for line in (Path(verifier_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _check_on_disk(ckpts: Path) -> list[int]:
+    """What a kill may leave: only complete, intact step_<N> directories; `latest` names one of them."""
+    from spro_mcore.trainer.checkpoint import files
+
+    complete = files.complete_checkpoints(ckpts)
+    for c in complete:
+        files.verify(c)
+    assert not files.incomplete_checkpoints(ckpts)
+    assert files.read_latest(ckpts) in complete
+    return sorted(files.step_of(c) for c in complete)
+
+
+def test_kill9_mid_save_resumes_to_the_uninterrupted_verifier(collection, tmp_path):
+    from safetensors.torch import load_file
+
+    from spro_mcore.trainer.checkpoint import files
+
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    _run(collection, ref)
+    rows = {r["step"]: r for r in _rows(ref)}
+    save_s = rows[5]["time/elapsed"] - rows[4]["time/elapsed"]  # step 4's checkpoint, measured
+
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    p = subprocess.Popen(_command(collection, out), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)  # own group: kill -9 takes it all
+    ckpts, deadline = out / "checkpoints", time.monotonic() + 240
+    while p.poll() is None and time.monotonic() < deadline:  # step 4's save has begun
+        if ckpts.is_dir() and any(c.name.startswith("step_4.partial-") for c in ckpts.iterdir()):
+            break
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0, 0.5) * save_s)
+    assert p.poll() is None, f"the run ended before it could be killed (seed {seed})"
+    os.killpg(p.pid, signal.SIGKILL)
+    assert p.wait() == -signal.SIGKILL
+    kept = _check_on_disk(ckpts)
+    assert kept and max(kept) in (2, 4), (kept, seed)
+    assert not (out / "pav_verifier.json").exists()
+
+    r = _run(collection, out)
+    assert "resumed from" in r.stderr and f"(step {max(kept)})" in r.stderr, r.stderr[-2000:]
+    for name in ("model.safetensors", "value_head.safetensors"):
+        a, b = load_file(str(ref / name)), load_file(str(out / name))
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), name
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+    assert strip(_rows(ref)) == strip(_rows(out)) and len(_rows(out)) == STEPS
+    info = lambda d: json.loads((d / "pav_verifier.json").read_text())["final_metrics"]
+    assert info(ref) == info(out)
+    assert _check_on_disk(ckpts) == [4, 5]  # keep_last=2
+    assert files.read_latest(ckpts).name == f"step_{STEPS}"
