@@ -5,8 +5,9 @@ step's responses, sum_i w_i * BCE(logit_i, q_hat_i) / sum_i w_i with the sums ov
 data-parallel ranks): each micro-batch returns its additive share, megatron's schedule leaves it alone
 (`calculate_per_token_loss`) and DDP sums the gradients, so the step equals the one-big-batch gradient.
 Adam (megatron's optimizer, distributed when optim.use_distributed_optimizer) with optim.* warm-up and decay.
-Held-out prompts (pav.heldout_fraction, the collection's last prompts) give BCE / Brier / AUC every
-pav.eval_interval steps; metrics go to <pav.verifier_dir>/metrics.jsonl, the verifier to <pav.verifier_dir>.
+Held-out prompts (pav.heldout_fraction, the collection's last prompts) give BCE / Brier / AUC (overall and
+within prompts) every pav.eval_interval steps; metrics go to <pav.verifier_dir>/metrics.jsonl, the verifier to
+<pav.verifier_dir>, checkpoints (checkpoint.interval / keep_last / resume) to <pav.verifier_dir>/checkpoints.
 """
 
 from __future__ import annotations
@@ -135,7 +136,8 @@ class VerifierTrainer:
 
         batch = make_batch(self.heldout, length=self.length, steps=self.steps)
         logits = predict_logits(self.model, batch, micro_batch_size=min(self.mbs, len(self.heldout)))
-        return verifier_metrics(logits, batch["targets"], batch["outcome"], batch["read_mask"])
+        prompt = torch.tensor([r.prompt_index for r in self.heldout])[:, None].expand_as(batch["read_mask"])
+        return verifier_metrics(logits, batch["targets"], batch["outcome"], batch["read_mask"], prompt)
 
     def chunks(self):
         return [m.module for m in self.model]
@@ -160,8 +162,8 @@ def check_verifier_dir(cfg: Config, manifest: dict) -> None:
         other = theirs != ours if theirs else info.get("data_dir") != str(Path(cfg.pav.data_dir).resolve())
         if other:
             raise UserError(f"pav.verifier_dir={cfg.pav.verifier_dir} already holds a verifier trained on another "
-                            f"collection ({info.get('data_dir')}), not pav.data_dir={cfg.pav.data_dir}: use another "
-                            "pav.verifier_dir (it is left as it is)")
+                            f"collection ({info.get('data_dir') or 'not recorded'}), not pav.data_dir={cfg.pav.data_dir}: "
+                            "use another pav.verifier_dir (it is left as it is)")
     elif out.is_dir() and any(out.glob("*.safetensors")) and not checkpoint_dir(cfg).is_dir():  # not a killed export
         raise UserError(f"pav.verifier_dir={cfg.pav.verifier_dir} holds a model that is not a PAV verifier (no "
                         f"{VERIFIER_CONFIG}); training would overwrite it: use another pav.verifier_dir")

@@ -9,7 +9,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,12 +16,12 @@ import pytest
 
 from spro_mcore.config import load_config
 from spro_mcore.pav.collect import collect
+from tests.pav.cli_run import ROOT, pav_env, pav_train, pav_train_command
 from tests.pav.test_collect import overrides
 from tests.pav.tiny_vocab import make_policy, write_prompts
 
 pytestmark = pytest.mark.dist
 
-ROOT = Path(__file__).resolve().parents[2]
 STEPS, INTERVAL, KEEP = 5, 2, 2  # checkpoints at 2, 4 and 5 (the end); 2 and 4 kept until 5 is in
 
 
@@ -38,17 +37,11 @@ def collection(tmp_path_factory):
 
 
 def _command(args, verifier_dir):
-    return [sys.executable, "-m", "spro_mcore.cli", "pav", "train", *args, f"pav.verifier_dir={verifier_dir}"]
-
-
-def _env():
-    return dict(os.environ, OMP_NUM_THREADS="2")
+    return pav_train_command([*args, f"pav.verifier_dir={verifier_dir}"])
 
 
 def _run(args, verifier_dir) -> subprocess.CompletedProcess:
-    r = subprocess.run(_command(args, verifier_dir), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
+    return pav_train([*args, f"pav.verifier_dir={verifier_dir}"], timeout=300)
 
 
 def _rows(verifier_dir) -> list[dict]:
@@ -79,7 +72,7 @@ def test_kill9_mid_save_resumes_to_the_uninterrupted_verifier(collection, tmp_pa
 
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    p = subprocess.Popen(_command(collection, out), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+    p = subprocess.Popen(_command(collection, out), cwd=ROOT, env=pav_env(), stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)  # own group: kill -9 takes it all
     ckpts, deadline = out / "checkpoints", time.monotonic() + 240
     while p.poll() is None and time.monotonic() < deadline:  # step 4's save has begun
