@@ -98,3 +98,27 @@ def test_kill9_mid_save_resumes_to_the_uninterrupted_verifier(collection, tmp_pa
     assert info(ref) == info(out)
     assert _check_on_disk(ckpts) == [4, 5]  # keep_last=2
     assert files.read_latest(ckpts).name == f"step_{STEPS}"
+
+
+def test_resume_at_another_layout_reshards(collection, tmp_path):
+    """A one-process checkpoint resumed at PP=2 (2 processes): verifier and optimizer state are resharded, so
+    the rest of the run equals the one-process run's up to float rounding."""
+    import torch
+    from safetensors.torch import load_file
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    pav_train([*collection, "checkpoint.keep_last=3", f"pav.verifier_dir={one}"])
+    r = pav_train([*collection, "checkpoint.keep_last=3", f"pav.verifier_dir={two}", "parallel.pp=2",
+                   f"checkpoint.resume={one / 'checkpoints' / 'step_2'}"], nproc=2)
+    assert "resharded" in r.stderr and "(step 2)" in r.stderr, r.stderr[-2000:]
+    a, b = {x["step"]: x for x in _rows(one)}, {x["step"]: x for x in _rows(two)}
+    assert sorted(b) == [3, 4, 5]
+    for step in b:
+        for k in ("train/loss", "train/lr", "eval/bce", "eval/brier"):
+            if k in a[step]:
+                assert b[step][k] == pytest.approx(a[step][k], rel=1e-5, abs=1e-7), (step, k)
+    for name in ("model.safetensors", "value_head.safetensors"):
+        x, y = load_file(str(one / name)), load_file(str(two / name))
+        assert x.keys() == y.keys()
+        for k in x:
+            torch.testing.assert_close(y[k], x[k], rtol=1e-5, atol=1e-6)
