@@ -7,7 +7,8 @@ data-parallel ranks): each micro-batch returns its additive share, megatron's sc
 Adam (megatron's optimizer, distributed when optim.use_distributed_optimizer) with optim.* warm-up and decay.
 Held-out prompts (pav.heldout_fraction, the collection's last prompts) give BCE / Brier / AUC (overall and
 within prompts) every pav.eval_interval steps; metrics go to <pav.verifier_dir>/metrics.jsonl, the verifier to
-<pav.verifier_dir>, checkpoints (checkpoint.interval / keep_last / resume) to <pav.verifier_dir>/checkpoints.
+<pav.verifier_dir>, checkpoints (checkpoint.interval / keep_last / resume, and on SIGTERM / SIGINT, which stop
+the run at a step boundary) to <pav.verifier_dir>/checkpoints.
 """
 
 from __future__ import annotations
@@ -195,6 +196,7 @@ def train_verifier(cfg: Config, layout) -> dict:
     from spro_mcore.pav.checkpoint import VerifierCheckpoints
     from spro_mcore.pav.dataset import collection_id
     from spro_mcore.pav.verifier import export_verifier
+    from spro_mcore.trainer.checkpoint.preemption import PreemptionFlag, any_rank
     from spro_mcore.trainer.metrics import MetricsLogger, read_metric_rows
 
     base_dir, manifest, train, heldout = load_training_data(cfg)
@@ -207,6 +209,8 @@ def train_verifier(cfg: Config, layout) -> dict:
                            progress_bar=False, start_step=first - 1)
     last: dict = {}
     start = time.monotonic()
+    flag = PreemptionFlag()  # SIGTERM / SIGINT: stop at a step boundary with a checkpoint, exit 0
+    flag.install()
     try:
         for step in range(first, cfg.pav.train_steps + 1):
             metrics = trainer.step()
@@ -221,7 +225,14 @@ def train_verifier(cfg: Config, layout) -> dict:
             interval = cfg.checkpoint.interval
             if step == cfg.pav.train_steps or (interval and step % interval == 0):
                 ckpt.save(trainer, step)
+            if step < cfg.pav.train_steps and any_rank(flag.signum is not None):
+                path = ckpt.save(trainer, step) if ckpt.last_saved_step != step else ckpt.dir / f"step_{step}"
+                if layout.is_main:
+                    log.warning("pav train: stopped at step %d on request; checkpoint %s; rerun the same command "
+                                "to resume", step, path)
+                raise SystemExit(0)
     finally:
+        flag.uninstall()
         logger.close()
     if not last:  # resumed from the final checkpoint (killed during the export): its metrics are on file
         rows = read_metric_rows(out / "metrics.jsonl")[0] if layout.is_main else None

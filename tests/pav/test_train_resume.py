@@ -1,7 +1,8 @@
-"""`spro-mcore pav train` checkpoints like the trainer: killed (-9, its whole process group) while a checkpoint
-is being written, the previous checkpoint stays intact; rerun, it resumes from it, and the exported verifier
-(weights and head) and every metrics row equal an uninterrupted run's bit for bit (fp32 CPU); keep_last holds.
-The kill moment is scaled by the uninterrupted run's measured save time."""
+"""`spro-mcore pav train` checkpoints like the trainer: stopped by SIGTERM, it saves at a step boundary and exits
+0; killed (-9, its whole process group) while a checkpoint is being written, the previous checkpoint stays
+intact; rerun, it resumes, and the exported verifier (weights and head) and every metrics row equal an
+uninterrupted run's bit for bit (fp32 CPU); keep_last holds. The kill moment is scaled by the uninterrupted
+run's measured save time. A checkpoint also resumes at another layout (PP=2), resharded."""
 from __future__ import annotations
 
 import json
@@ -70,6 +71,24 @@ def test_kill9_mid_save_resumes_to_the_uninterrupted_verifier(collection, tmp_pa
     rows = {r["step"]: r for r in _rows(ref)}
     save_s = rows[5]["time/elapsed"] - rows[4]["time/elapsed"]  # step 4's checkpoint, measured
 
+    # SIGTERM once step 1 is done: the run stops at a step boundary with a checkpoint there, exit 0
+    log = open(tmp_path / "sigterm.log", "w")  # a file, not a pipe: a full pipe would block the run
+    p = subprocess.Popen(_command(collection, out), cwd=ROOT, env=pav_env(), stdout=subprocess.DEVNULL,
+                         stderr=log, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while p.poll() is None and time.monotonic() < deadline and not (
+            (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().count("\n") >= 1):
+        time.sleep(0.005)
+    assert p.poll() is None, "the run ended before SIGTERM"
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=240)
+    log.close()
+    err = (tmp_path / "sigterm.log").read_text()
+    assert p.returncode == 0 and "stopped at step" in err, err[-2000:]
+    stopped = max(_check_on_disk(out / "checkpoints"))
+    assert stopped < STEPS and len(_rows(out)) == stopped and not (out / "pav_verifier.json").exists()
+
+    # kill -9 of the resumed run while step 4's checkpoint is being written
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     p = subprocess.Popen(_command(collection, out), cwd=ROOT, env=pav_env(), stdout=subprocess.DEVNULL,
@@ -84,7 +103,7 @@ def test_kill9_mid_save_resumes_to_the_uninterrupted_verifier(collection, tmp_pa
     os.killpg(p.pid, signal.SIGKILL)
     assert p.wait() == -signal.SIGKILL
     kept = _check_on_disk(ckpts)
-    assert kept and max(kept) in (2, 4), (kept, seed)
+    assert kept and max(kept) in (stopped, 2, 4), (kept, seed)
     assert not (out / "pav_verifier.json").exists()
 
     r = _run(collection, out)
