@@ -166,7 +166,7 @@ class PavConfig:
     prompts_per_batch: int = 8  # prompts per engine batch and per Parquet shard (the unit of resume)
     prover: str = "bok"  # policy | bok: the prover mu whose progress A^mu is the process reward
     prover_k: int = 4  # K of the Best-of-K prover, Q^mu = 1 - (1 - Q^pi)^K (prover=bok)
-    verifier_dir: str = "outputs/pav/verifier"  # `pav train` output (HF-style verifier directory); search input
+    verifier_dir: str = "outputs/pav/verifier"  # `pav train` output (HF-style verifier dir, checkpoints/ inside); search input
     train_steps: int = 200  # verifier optimizer steps (optim.* sets lr, warm-up and schedule)
     batch_size: int = 16  # sampled responses (all their steps) per verifier optimizer step
     heldout_fraction: float = 0.1  # share of the collection's prompts held out for the verifier's eval metrics

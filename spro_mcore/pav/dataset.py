@@ -46,6 +46,12 @@ RESUME_KEYS = ("policy", "policy_fingerprint", "splitter", "seed", "n_mc", "samp
                "prover_k")
 
 
+def collection_id(manifest: dict) -> str:
+    """The identity of a collection's rows: everything that decides them (a grown num_prompts is new data)."""
+    keys = {k: manifest.get(k) for k in (*RESUME_KEYS, "num_prompts")}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def policy_fingerprint(hf_dir: str | Path) -> str:
     """A cheap identity of an HF checkpoint: config.json plus the head (and size) of every weight file."""
     h = hashlib.sha256()

@@ -1,5 +1,7 @@
-"""Quality of a verifier on held-out prefixes: BCE and Brier score against the Q-hat targets, and the AUC of
-predicting the sampled response's final outcome from each prefix's prediction."""
+"""Quality of a verifier on held-out prefixes: BCE and Brier score against the Q-hat targets, the AUC of
+predicting the sampled response's final outcome from each prefix's prediction, and that AUC within prompts
+(only pairs of prefixes of the same prompt are compared: what search and RL use, ranking continuations of one
+prompt, free of how hard the prompts are)."""
 
 from __future__ import annotations
 
@@ -27,9 +29,29 @@ def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
-def verifier_metrics(logits: torch.Tensor, targets: torch.Tensor, outcome: torch.Tensor, mask: torch.Tensor) -> dict:
+def grouped_auc(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> float:
+    """AUC over the (positive, negative) pairs within each group, pooled: the share of same-group pairs with
+    different labels that the scores order correctly (ties one half); NaN when no group has both labels."""
+    scores, labels, groups = scores.double().flatten(), labels.bool().flatten(), groups.flatten()
+    concordant, pairs = 0.0, 0
+    for g in torch.unique(groups):
+        sel = groups == g
+        pos = int(labels[sel].sum())
+        n_pairs = pos * (int(sel.sum()) - pos)
+        if n_pairs:
+            concordant += auc(scores[sel], labels[sel]) * n_pairs
+            pairs += n_pairs
+    return concordant / pairs if pairs else math.nan
+
+
+def verifier_metrics(logits: torch.Tensor, targets: torch.Tensor, outcome: torch.Tensor, mask: torch.Tensor,
+                     prompt: torch.Tensor | None = None) -> dict:
+    """`prompt` (the prompt index of every read position) adds the within-prompt AUC."""
     lg, q, y = logits[mask].double(), targets[mask].double(), outcome[mask].double()
     p = torch.sigmoid(lg)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(lg, q)
-    return {"eval/bce": float(bce), "eval/brier": float(((p - q) ** 2).mean()), "eval/auc_outcome": auc(p, y),
-            "eval/prefixes": int(mask.sum())}
+    out = {"eval/bce": float(bce), "eval/brier": float(((p - q) ** 2).mean()), "eval/auc_outcome": auc(p, y),
+           "eval/prefixes": int(mask.sum())}
+    if prompt is not None:
+        out["eval/auc_within_prompt"] = grouped_auc(p, y, prompt[mask])
+    return out

@@ -5,8 +5,10 @@ step's responses, sum_i w_i * BCE(logit_i, q_hat_i) / sum_i w_i with the sums ov
 data-parallel ranks): each micro-batch returns its additive share, megatron's schedule leaves it alone
 (`calculate_per_token_loss`) and DDP sums the gradients, so the step equals the one-big-batch gradient.
 Adam (megatron's optimizer, distributed when optim.use_distributed_optimizer) with optim.* warm-up and decay.
-Held-out prompts (pav.heldout_fraction, the collection's last prompts) give BCE / Brier / AUC every
-pav.eval_interval steps; metrics go to <pav.verifier_dir>/metrics.jsonl, the verifier to <pav.verifier_dir>.
+Held-out prompts (pav.heldout_fraction, the collection's last prompts) give BCE / Brier / AUC (overall and
+within prompts) every pav.eval_interval steps; metrics go to <pav.verifier_dir>/metrics.jsonl, the verifier to
+<pav.verifier_dir>, checkpoints (checkpoint.interval / keep_last / resume, and on SIGTERM / SIGINT, which stop
+the run at a step boundary) to <pav.verifier_dir>/checkpoints.
 """
 
 from __future__ import annotations
@@ -54,31 +56,12 @@ def split_heldout(responses, fraction: float):
 
 class VerifierTrainer:
     def __init__(self, cfg: Config, base_dir: str, train, heldout):
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-
         from spro_mcore.pav.verifier import build_verifier
+        from spro_mcore.trainer.policy.megatron_optimizer import training_wrappers
 
         self.cfg = cfg
         chunks, self.arch, _ = build_verifier(base_dir, cfg.model, seed=cfg.trainer.seed)
-        for c in chunks:
-            c.config.calculate_per_token_loss = True  # see the module docstring
-        ddp_cfg = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-                                                use_distributed_optimizer=cfg.optim.use_distributed_optimizer)
-        self.model = [DistributedDataParallel(config=c.config, ddp_config=ddp_cfg, module=c) for c in chunks]
-        o = cfg.optim
-        dtype = chunks[0].config.params_dtype
-        self.optimizer = get_megatron_optimizer(OptimizerConfig(
-            optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
-            adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad,
-            use_distributed_optimizer=o.use_distributed_optimizer, params_dtype=dtype,
-            bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16), self.model)
-        steps = cfg.pav.train_steps
-        self.scheduler = OptimizerParamScheduler(
-            self.optimizer, init_lr=0.0 if o.warmup_steps else o.lr, max_lr=o.lr, min_lr=o.min_lr,
-            lr_warmup_steps=o.warmup_steps, lr_decay_steps=max(steps, o.warmup_steps + 1), lr_decay_style=o.lr_schedule,
-            start_wd=o.weight_decay, end_wd=o.weight_decay, wd_incr_steps=max(steps, 1), wd_incr_style="constant")
+        self.model, self.optimizer, self.scheduler = training_wrappers(chunks, cfg, total_updates=cfg.pav.train_steps)
         self.train, self.heldout = train, heldout
         self.weights = class_weights(train)
         everything = train + heldout
@@ -98,6 +81,13 @@ class VerifierTrainer:
                 self._epoch += 1
             out.append(self.train[self._order.pop()])
         return out
+
+    def state_dict(self) -> dict:
+        """The data position (the only state besides weights, optimizer, schedule and RNG)."""
+        return {"order": list(self._order), "epoch": self._epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._order, self._epoch = list(state["order"]), int(state["epoch"])
 
     def step(self) -> dict[str, float]:
         from megatron.core import parallel_state as mpu
@@ -147,10 +137,41 @@ class VerifierTrainer:
 
         batch = make_batch(self.heldout, length=self.length, steps=self.steps)
         logits = predict_logits(self.model, batch, micro_batch_size=min(self.mbs, len(self.heldout)))
-        return verifier_metrics(logits, batch["targets"], batch["outcome"], batch["read_mask"])
+        prompt = torch.tensor([r.prompt_index for r in self.heldout])[:, None].expand_as(batch["read_mask"])
+        return verifier_metrics(logits, batch["targets"], batch["outcome"], batch["read_mask"], prompt)
 
     def chunks(self):
         return [m.module for m in self.model]
+
+
+def check_verifier_dir(cfg: Config, manifest: dict) -> None:
+    """Refuse (writing nothing) a pav.verifier_dir that holds a verifier, or checkpoints, of another collection,
+    or a model that is not a verifier: training there would overwrite it."""
+    from spro_mcore.pav.checkpoint import check_owner, checkpoint_dir, read_state
+    from spro_mcore.pav.dataset import collection_id
+    from spro_mcore.pav.verifier import VERIFIER_CONFIG
+    from spro_mcore.trainer.checkpoint import files
+
+    out = Path(cfg.pav.verifier_dir)
+    ours = collection_id(manifest)
+    if (out / VERIFIER_CONFIG).is_file():
+        try:
+            info = json.loads((out / VERIFIER_CONFIG).read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{out / VERIFIER_CONFIG}: not valid JSON ({e.msg}); use another pav.verifier_dir") from None
+        theirs = info.get("collection_id")
+        other = theirs != ours if theirs else info.get("data_dir") != str(Path(cfg.pav.data_dir).resolve())
+        if other:
+            raise UserError(f"pav.verifier_dir={cfg.pav.verifier_dir} already holds a verifier trained on another "
+                            f"collection ({info.get('data_dir') or 'not recorded'}), not pav.data_dir={cfg.pav.data_dir}: "
+                            "use another pav.verifier_dir (it is left as it is)")
+    elif out.is_dir() and any(out.glob("*.safetensors")) and not checkpoint_dir(cfg).is_dir():  # not a killed export
+        raise UserError(f"pav.verifier_dir={cfg.pav.verifier_dir} holds a model that is not a PAV verifier (no "
+                        f"{VERIFIER_CONFIG}); training would overwrite it: use another pav.verifier_dir")
+    if cfg.checkpoint.resume == "auto":
+        newest = files.complete_checkpoints(checkpoint_dir(cfg))
+        if newest:
+            check_owner(read_state(newest[0]), newest[0], {"id": ours}, cfg)
 
 
 def load_training_data(cfg: Config):
@@ -159,40 +180,67 @@ def load_training_data(cfg: Config):
     from spro_mcore.pav.dataset import read_collection
     from spro_mcore.trainer.setup import resolve_model_path
 
+    if cfg.checkpoint.async_save:
+        raise UserError("checkpoint.async_save=true: `pav train` saves its checkpoints synchronously (they are "
+                        "small); set checkpoint.async_save=false")
     base_dir = resolve_model_path(cfg.model.path)
     manifest, table = read_collection(cfg.pav.data_dir)
     check_collection_matches(manifest, cfg, base_dir)
+    check_verifier_dir(cfg, manifest)
     train, heldout = split_heldout(responses_from_rows(table.to_pylist()), cfg.pav.heldout_fraction)
     return base_dir, manifest, train, heldout
 
 
 def train_verifier(cfg: Config, layout) -> dict:
+    """Train (resuming from <pav.verifier_dir>/checkpoints per checkpoint.resume), then export the verifier."""
+    from spro_mcore.pav.checkpoint import VerifierCheckpoints
+    from spro_mcore.pav.dataset import collection_id
     from spro_mcore.pav.verifier import export_verifier
+    from spro_mcore.trainer.checkpoint.preemption import PreemptionFlag, any_rank
+    from spro_mcore.trainer.metrics import MetricsLogger, read_metric_rows
 
     base_dir, manifest, train, heldout = load_training_data(cfg)
     trainer = VerifierTrainer(cfg, base_dir, train, heldout)
     out = Path(cfg.pav.verifier_dir)
-    if layout.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.jsonl").write_text("")
+    collection = {"id": collection_id(manifest), "data_dir": str(Path(cfg.pav.data_dir).resolve())}
+    ckpt = VerifierCheckpoints(cfg, layout, collection)
+    first = ckpt.restore(trainer) + 1
+    logger = MetricsLogger(out, total_steps=cfg.pav.train_steps, enabled=layout.is_main, tensorboard=False,
+                           progress_bar=False, start_step=first - 1)
     last: dict = {}
     start = time.monotonic()
-    for step in range(1, cfg.pav.train_steps + 1):
-        metrics = {"step": step, **trainer.step()}
-        every = cfg.pav.eval_interval
-        if step == cfg.pav.train_steps or (every and step % every == 0):
-            metrics.update(trainer.evaluate())
-        metrics["time/elapsed"] = time.monotonic() - start
-        if layout.is_main:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            if "eval/bce" in metrics:
+    flag = PreemptionFlag()  # SIGTERM / SIGINT: stop at a step boundary with a checkpoint, exit 0
+    flag.install()
+    try:
+        for step in range(first, cfg.pav.train_steps + 1):
+            metrics = trainer.step()
+            every = cfg.pav.eval_interval
+            if step == cfg.pav.train_steps or (every and step % every == 0):
+                metrics.update(trainer.evaluate())
+            metrics["time/elapsed"] = time.monotonic() - start
+            last = logger.log(step, metrics)
+            if layout.is_main and "eval/bce" in metrics:
                 log.info("pav train: step %d loss %.4f held-out bce %.4f brier %.4f auc %.3f", step,
                          metrics["train/loss"], metrics["eval/bce"], metrics["eval/brier"], metrics["eval/auc_outcome"])
-        last = metrics
+            interval = cfg.checkpoint.interval
+            if step == cfg.pav.train_steps or (interval and step % interval == 0):
+                ckpt.save(trainer, step)
+            if step < cfg.pav.train_steps and any_rank(flag.signum is not None):
+                path = ckpt.save(trainer, step) if ckpt.last_saved_step != step else ckpt.dir / f"step_{step}"
+                if layout.is_main:
+                    log.warning("pav train: stopped at step %d on request; checkpoint %s; rerun the same command "
+                                "to resume", step, path)
+                raise SystemExit(0)
+    finally:
+        flag.uninstall()
+        logger.close()
+    if not last:  # resumed from the final checkpoint (killed during the export): its metrics are on file
+        rows = read_metric_rows(out / "metrics.jsonl")[0] if layout.is_main else None
+        last = collectives.broadcast_object(rows[-1] if rows else {})
     info = {"base_policy": manifest.get("policy"), "base_policy_fingerprint": manifest.get("policy_fingerprint"),
             "splitter": manifest.get("splitter"), "prover": manifest.get("prover"),
-            "prover_k": manifest.get("prover_k"), "data_dir": str(Path(cfg.pav.data_dir).resolve()),
+            "prover_k": manifest.get("prover_k"), "data_dir": collection["data_dir"],
+            "collection_id": collection["id"],
             "train_steps": cfg.pav.train_steps, "train_responses": len(train), "heldout_responses": len(heldout),
             "final_metrics": {k: v for k, v in last.items() if k.startswith(("eval/", "train/loss"))}}
     export_verifier(trainer.chunks(), trainer.arch, base_dir, str(out), info, write=layout.is_main)

@@ -15,6 +15,7 @@ from spro_mcore.config import load_config
 from spro_mcore.errors import UserError
 from spro_mcore.pav.collect import collect
 from tests.multiproc import run_in_processes
+from tests.pav.cli_run import metric_rows, pav_train
 from tests.pav.test_collect import overrides
 from tests.pav.tiny_vocab import make_policy, write_prompts
 
@@ -33,16 +34,6 @@ def setup(tmp_path_factory):
                     "pav.eval_interval=20", "pav.heldout_fraction=0.25", "optim.lr=0.003", "optim.warmup_steps=5",
                     "optim.lr_schedule=cosine", "optim.min_lr=0.0001"]
     return root, policy, base, train
-
-
-def _train(overrides):
-    from spro_mcore.parallel import initialize_model_parallel, layout, seed_everything
-    from spro_mcore.pav.train import train_verifier
-
-    initialize_model_parallel(1, 1)
-    cfg = load_config(None, overrides)
-    seed_everything(cfg.trainer.seed)
-    return train_verifier(cfg, layout())
 
 
 def _reload(overrides):
@@ -67,8 +58,9 @@ def _reload(overrides):
 @pytest.fixture(scope="module")
 def trained(setup):
     root, policy, base, train = setup
-    last = run_in_processes(_train, 1, train, timeout=400)[0]
-    return last, [json.loads(line) for line in (root / "verifier" / "metrics.jsonl").read_text().splitlines()]
+    pav_train(train)
+    rows = metric_rows(root / "verifier")
+    return rows[-1], rows
 
 
 def test_loss_decreases_and_lr_follows_warmup_cosine(trained):
@@ -162,27 +154,18 @@ def test_score_gives_the_verifiers_per_step_predictions(setup, trained, tmp_path
     assert any(r.input_ids[-1] != tok.eos_token_id for r in heldout)
 
 
-def _train_layout(overrides, tp, pp):
-    from spro_mcore.parallel import initialize_model_parallel, layout, seed_everything
-    from spro_mcore.pav.train import train_verifier
-
-    initialize_model_parallel(tp, pp)
-    cfg = load_config(None, overrides)
-    seed_everything(cfg.trainer.seed)
-    return train_verifier(cfg, layout())
-
-
 @pytest.mark.parametrize("tp,pp", [(1, 1), (1, 2)])  # 2 processes: DP=2, and PP=2
 def test_parallel_training_equals_one_process(setup, tp, pp):
     root, _, _, train = setup
     short = [a for a in train if not a.startswith(("pav.train_steps", "pav.eval_interval", "pav.verifier_dir"))] + [
         "pav.train_steps=4", "pav.eval_interval=2"]
-    ref = run_in_processes(_train_layout, 1, short + [f"pav.verifier_dir={root / 'ref'}"], 1, 1, timeout=300)[0]
-    out = run_in_processes(_train_layout, 2, short + [f"pav.verifier_dir={root / f'par{tp}{pp}'}"], tp, pp,
-                           timeout=400)
-    rows = lambda d: [json.loads(line) for line in (root / d / "metrics.jsonl").read_text().splitlines()]
+    if not (root / "ref" / "pav_verifier.json").exists():  # shared by both layouts
+        pav_train(short + [f"pav.verifier_dir={root / 'ref'}"])
+    pav_train(short + [f"pav.verifier_dir={root / f'par{tp}{pp}'}", f"parallel.tp={tp}", f"parallel.pp={pp}"], nproc=2)
+    rows = lambda d: metric_rows(root / d)
     for a, b in zip(rows("ref"), rows(f"par{tp}{pp}")):
         for k in ("train/loss", "eval/bce", "eval/brier"):
             if k in a:
                 assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), (k, a["step"])
-    assert len(rows(f"par{tp}{pp}")) == 4 and out[0]["eval/bce"] == pytest.approx(ref["eval/bce"], rel=1e-4)
+    assert len(rows(f"par{tp}{pp}")) == 4
+    assert rows(f"par{tp}{pp}")[-1]["eval/bce"] == pytest.approx(rows("ref")[-1]["eval/bce"], rel=1e-4)

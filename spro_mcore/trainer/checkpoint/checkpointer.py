@@ -32,10 +32,9 @@ from spro_mcore.config.schema import Config
 from spro_mcore.errors import UserError
 from spro_mcore.models import dist_checkpoint
 from spro_mcore.models.hf_checkpoint import CheckpointError
-from spro_mcore.parallel import collectives
 from spro_mcore.parallel.distributed import Layout
 from spro_mcore.parallel.rng_state import capture_rng, reseed, restore_rng
-from spro_mcore.trainer.checkpoint import files
+from spro_mcore.trainer.checkpoint import files, protocol
 from spro_mcore.trainer.checkpoint.preemption import PreemptionFlag, any_rank
 
 log = logging.getLogger(__name__)
@@ -104,40 +103,11 @@ class Checkpointer:
         return step
 
     def _candidates(self) -> tuple[list[Path], bool]:
-        """(checkpoints to try in order, explicit) on rank 0, shared with every rank."""
-        resume = self.cfg.checkpoint.resume
-        box: list[Any] = [None]
-        if self.layout.is_main:
-            try:
-                if resume == "never":
-                    box[0] = ([], False)
-                elif resume == "auto":
-                    box[0] = (files.complete_checkpoints(self.dir), False)
-                else:
-                    p = Path(resume)
-                    if files.step_of(p) is not None or (p / files.MANIFEST).is_file():
-                        box[0] = ([p], True)
-                    elif p.is_dir() and (files.complete_checkpoints(p) or files.incomplete_checkpoints(p)):
-                        box[0] = (files.complete_checkpoints(p), False)
-                    else:
-                        box[0] = CheckpointError(f"checkpoint.resume={resume}: {p} is neither a checkpoint "
-                                                 "(step_<N>) nor a directory of checkpoints")
-            except OSError as e:
-                box[0] = CheckpointError(f"cannot read checkpoint directory {self.dir}: {e}")
-        found = collectives.broadcast_object(box[0])
-        if isinstance(found, Exception):
-            raise found
-        return found
+        return protocol.candidates(self.dir, self.cfg.checkpoint.resume, self.layout)
 
     def _verify(self, ckpt: Path) -> Optional[str]:
         """Collective: None when `ckpt` is complete and intact on every rank's share, else the problem."""
-        try:
-            files.verify(ckpt, (self.layout.rank, self.layout.world_size))
-            problem = None
-        except CheckpointError as e:
-            problem = str(e)
-        problem = next((p for p in collectives.all_gather_object(problem) if p), None)
-        return problem
+        return protocol.problem_with(ckpt, self.layout)
 
     def _load(self, ckpt: Path, parts) -> int:
         try:
@@ -161,19 +131,7 @@ class Checkpointer:
         return int(state["step"])
 
     def _set_aside_newer_than(self, step: int) -> None:
-        """Checkpoints past the resume point belong to an abandoned attempt (found bad, or the user resumed
-        from an older one): rename them away so that they never mix with this run's. Never deleted."""
-        if self.layout.is_main and self.dir.is_dir():
-            for p in files.complete_checkpoints(self.dir) + files.incomplete_checkpoints(self.dir):
-                if files.step_of(p) > step and (self.resumed_from is None or p.resolve() != self.resumed_from.resolve()):
-                    aside = p.with_name(f"{p.name}.abandoned-{time.time_ns()}")
-                    os.replace(p, aside)
-                    log.warning("kept %s aside as %s: this run continues from step %d", p, aside.name, step)
-            if self.resumed_from is not None and self.resumed_from.parent.resolve() == self.dir.resolve():
-                files.write_latest(self.dir, self.resumed_from)
-            elif (self.dir / files.LATEST).exists() and not files.complete_checkpoints(self.dir):
-                (self.dir / files.LATEST).unlink()
-        collectives.barrier()
+        protocol.set_aside_newer_than(self.dir, step, self.resumed_from, self.layout)
 
     def _sync_engine(self, parts) -> None:
         """The engine still serves the initial weights: give it the restored policy (export is collective)."""
@@ -234,10 +192,7 @@ class Checkpointer:
         from spro_mcore.models.mcore_checkpoint import METADATA
 
         self._finalize_async(blocking=True)  # one save in flight at a time
-        partial = self.dir / collectives.broadcast_object(files.new_partial_name(b.step))
-        if self.layout.is_main:
-            partial.mkdir(parents=True)
-        collectives.barrier()
+        partial = protocol.stage(self.dir, b.step, self.layout)
         start = time.perf_counter()
         request = dist_checkpoint.save(self._parts.policy.sharded_state_dict(), str(partial),
                                        async_save=self.cfg.checkpoint.async_save)
@@ -256,24 +211,7 @@ class Checkpointer:
     def _commit(self, step: int, partial: Path, start: float) -> None:
         """Collective, once every rank's files are written: manifest (checksums computed in parallel over the
         ranks), rename into place, move `latest`, prune."""
-        collectives.barrier()
-        names = collectives.broadcast_object(files.list_files(partial) if self.layout.is_main else None)
-        mine = {rel: files.file_digest(partial / rel, fsync=True)
-                for rel in names[self.layout.rank::self.layout.world_size]}
-        digests = collectives.all_gather_object(mine)
-        if self.layout.is_main:
-            all_digests = {k: v for d in digests for k, v in d.items()}
-            files.write_manifest(partial, all_digests, {"step": step, "time": time.time()})
-            final = self.dir / files.step_name(step)
-            kept = files.commit(partial, final)
-            if kept is not None:
-                log.warning("kept the earlier %s aside as %s", final, kept.name)
-            files.check_sizes(final, files.read_manifest(final))  # verified before `latest` moves
-            files.write_latest(self.dir, final)
-            for p in files.prune(self.dir, self.cfg.checkpoint.keep_last, protect=final):
-                log.info("removed old checkpoint %s", p)
-            log.info("saved checkpoint %s (%.1fs)", final, time.perf_counter() - start)
-        collectives.barrier()
+        protocol.commit(self.dir, step, partial, self.layout, self.cfg.checkpoint.keep_last, start)
         self.last_saved_step = step
 
     def _finalize_async(self, blocking: bool) -> None:

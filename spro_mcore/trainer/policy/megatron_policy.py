@@ -40,41 +40,15 @@ from spro_mcore.trainer.rollout_batch import RolloutBatch
 
 class MegatronPolicy(Policy):
     def __init__(self, cfg: Config, layout: Layout, model_path: str, reference_path: str, *, total_updates: int):
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-
         from spro_mcore.models.loader import load_model
+        from spro_mcore.trainer.policy.megatron_optimizer import training_wrappers
 
         self.cfg, self.layout = cfg, layout
         # sequence parallelism reaches TransformerConfig (TE only); every model this policy loads uses it
         self._load = dict(sequence_parallel=cfg.parallel.sequence_parallel)
         chunks, self.arch = load_model(model_path, cfg.model, **self._load)
         self.device = next(chunks[0].parameters()).device
-        for c in chunks:
-            c.config.calculate_per_token_loss = True  # see the module docstring
-        ddp_cfg = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-            use_distributed_optimizer=cfg.optim.use_distributed_optimizer,
-        )
-        self.model = [DistributedDataParallel(config=c.config, ddp_config=ddp_cfg, module=c) for c in chunks]
-        o = cfg.optim
-        dtype = chunks[0].config.params_dtype
-        self.optimizer = get_megatron_optimizer(
-            OptimizerConfig(
-                optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
-                adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad,
-                use_distributed_optimizer=o.use_distributed_optimizer, params_dtype=dtype,
-                bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
-            ),
-            self.model,
-        )
-        self.scheduler = OptimizerParamScheduler(
-            self.optimizer, init_lr=0.0 if o.warmup_steps else o.lr, max_lr=o.lr, min_lr=o.min_lr,
-            lr_warmup_steps=o.warmup_steps, lr_decay_steps=max(total_updates, o.warmup_steps + 1),
-            lr_decay_style=o.lr_schedule, start_wd=o.weight_decay, end_wd=o.weight_decay,
-            wd_incr_steps=max(total_updates, 1), wd_incr_style="constant",
-        )
+        self.model, self.optimizer, self.scheduler = training_wrappers(chunks, cfg, total_updates=total_updates)
         self._ref_chunks = None
         self._ref_tensors: Optional[list[torch.Tensor]] = None
         if cfg.model.reference_mode == "separate":
