@@ -123,6 +123,7 @@ class VllmServerEngine(Engine):
 
     def _reload(self, url: str, kwargs: dict) -> None:
         self.pool.request(url, "POST", "/pause", params={"mode": "wait"})
+        done = False
         try:
             try:
                 self.pool.request(url, "POST", "/collective_rpc", {"method": "spro_reload_weights", "kwargs": kwargs})
@@ -135,8 +136,13 @@ class VllmServerEngine(Engine):
             answer = self.pool.request(url, "POST", "/reset_prefix_cache")
             if not (isinstance(answer, dict) and answer.get("success")):
                 raise EngineError(f"vllm server at {url}: prefix cache reset failed after the weight update: {answer}")
-        finally:  # a paused server would hang every later request, the error's report included
-            self.pool.request(url, "POST", "/resume")
+            done = True
+        finally:  # a paused server would hang every later request; a failed resume must not hide the first error
+            try:
+                self.pool.request(url, "POST", "/resume")
+            except EngineError:
+                if done:
+                    raise
 
     def sleep(self) -> None:
         if self.release_memory:

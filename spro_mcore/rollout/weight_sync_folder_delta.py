@@ -1,8 +1,9 @@
 """Folder transport with deltas: the folder stays one complete HF checkpoint, and each sync writes a file per
 changed tensor only (`v<version>-<i>.safetensors`), points the index at them and removes files nothing points
 to any more. One tensor per file because loaders (vLLM's reload) read every tensor of every indexed file: a
-shard mixing a superseded tensor with live ones would load the stale copy too. The index's metadata carries the sync's manifest (`spro_weight_sync`); each shard's
-safetensors header carries the version and digests of its tensors.
+file mixing a superseded tensor with live ones would load the stale copy too. The index's metadata carries
+the sync's manifest (`spro_weight_sync`); each file's safetensors header carries the version and digest of
+its tensor.
 
 An engine reads the whole folder as before (vLLM's `reload_weights(weights_path=...)` follows the index), so a
 version it skipped costs nothing; what must not happen is loading a folder that is not what the trainer wrote.

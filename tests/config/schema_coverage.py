@@ -74,7 +74,8 @@ EXERCISED: dict[str, tuple[str, ...]] = {
                                 RECIPES),
     "rollout.weight_sync_delta": (
         "tests/rollout/test_vllm_weight_sync_delta.py::test_delta_sends_changed_tensors_and_matches_the_full_state",
-        "tests/rollout/test_vllm_weight_sync_delta.py::test_delta_is_refused_where_the_receiver_cannot_check_it"),
+        "tests/rollout/test_vllm_weight_sync_delta.py::test_delta_is_refused_where_the_receiver_cannot_check_it",
+        "tests/trainer/test_weight_sync_delta_e2e.py::test_vllm_folder_delta_three_steps"),
     "rollout.bucket_bytes": ("tests/rollout/test_weight_sync.py::test_buckets_are_bounded_ordered_and_complete",),
     "rollout.request_timeout_s": ("tests/rollout/test_sglang_server.py::test_unreachable_server_gives_one_clear_error",),
     "rollout.max_retries": ("tests/rollout/test_sglang_server.py::test_server_errors_are_retried",),

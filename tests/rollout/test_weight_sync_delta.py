@@ -95,7 +95,8 @@ def test_folder_refuses_missed_partial_and_altered(tmp_path):
     _sync_folder(sender, w1, folder)
     w2 = _step(w1, {"model.layers.2.w", "model.layers.3.w", "model.norm.weight"})
 
-    # a write that dies half way (one shard of version 2 written): the index still says version 1; loading it as version 2 is refused
+    # a write that dies half way (one file of version 2 written): the index still says version 1, and
+    # loading the folder as version 2 is refused
     def dying():
         for i, item in enumerate(sender.select(w2.items())):
             if i == 2:
