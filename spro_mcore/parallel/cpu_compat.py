@@ -192,6 +192,58 @@ def _patch_sharded_tensor_init() -> None:
     mapping.ShardedTensor.init_data = init_data
 
 
+def _patch_rope_concat() -> None:
+    """Speed, not correctness: megatron's `_apply_rotary_pos_emb_bshd` ends with `torch.cat((t, t_pass))`
+    even when no dimension passes through (every dense Llama/Qwen model), one full copy of q and of k per
+    layer that CPU ops pay in full. Skip the concatenation when `t_pass` is empty (same values)."""
+    rope_utils = importlib.import_module("megatron.core.models.common.embeddings.rope_utils")
+    orig = rope_utils._apply_rotary_pos_emb_bshd
+
+    def apply_bshd(t, freqs, rotary_interleaved=False, multi_latent_attention=False, mscale=1.0):
+        rot_dim = freqs.shape[-1]
+        if multi_latent_attention or t.shape[-1] != rot_dim:
+            return orig(t, freqs, rotary_interleaved, multi_latent_attention, mscale)
+        cos_ = (torch.cos(freqs) * mscale).to(t.dtype)
+        sin_ = (torch.sin(freqs) * mscale).to(t.dtype)
+        return (t * cos_) + (rope_utils._rotate_half(t, rotary_interleaved) * sin_)
+
+    rope_utils._apply_rotary_pos_emb_bshd = apply_bshd
+    for name in ("megatron.core.models.common.embeddings.rotary_pos_embedding",):
+        module = importlib.import_module(name)
+        if getattr(module, "_apply_rotary_pos_emb_bshd", None) is orig:
+            module._apply_rotary_pos_emb_bshd = apply_bshd
+
+
+def _patch_linear_bias() -> None:
+    """Speed, not correctness: megatron's linear autograd function computes `matmul(x, w.t()) + bias` (a
+    second pass over the output; the GPU path fuses it in TE or in gradient-accumulation fusion). On CPU
+    `addmm` adds the bias inside the GEMM. Same saved tensors and ctx fields as megatron's forward (the
+    backward is megatron's, unchanged); the sequence-parallel branch is left to the original."""
+    layers = importlib.import_module("megatron.core.tensor_parallel.layers")
+    fn = layers.LinearWithGradAccumulationAndAsyncCommunication
+    orig = fn.forward
+
+    def forward(ctx, input, weight, bias, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel,
+                grad_output_buffer, wgrad_deferral_limit, tp_group):
+        if bias is None or sequence_parallel:
+            return orig(ctx, input, weight, bias, gradient_accumulation_fusion, allreduce_dgrad,
+                        sequence_parallel, grad_output_buffer, wgrad_deferral_limit, tp_group)
+        # the ctx fields megatron's forward sets (its backward reads them)
+        ctx.main_grad = weight.main_grad if gradient_accumulation_fusion and hasattr(weight, "main_grad") else None
+        ctx.save_for_backward(input, weight)
+        ctx.use_bias = True
+        ctx.gradient_accumulation_fusion = gradient_accumulation_fusion
+        ctx.allreduce_dgrad = allreduce_dgrad
+        ctx.sequence_parallel = sequence_parallel
+        ctx.wgrad_deferral_limit = wgrad_deferral_limit
+        ctx.grad_output_buffer = grad_output_buffer
+        ctx.tp_group = tp_group
+        out = torch.addmm(bias, input.reshape(-1, input.shape[-1]), weight.t())
+        return out.view(*input.shape[:-1], weight.shape[0])
+
+    fn.forward = staticmethod(layers.custom_fwd(forward)) if hasattr(layers, "custom_fwd") else staticmethod(forward)
+
+
 def _install_torch_views() -> None:
     view = _CpuTorchView()
     for name in _CUDA_FACTORY_MODULES:
@@ -218,6 +270,8 @@ def apply_cpu_compat(force: bool = False) -> bool:
     _install_torch_views()
     _patch_rng()
     _patch_sharded_tensor_init()
+    _patch_rope_concat()
+    _patch_linear_bias()
     _APPLIED = True
     log.debug("megatron-core CPU compatibility layer applied")
     return True
