@@ -9,6 +9,8 @@ the distributed optimizer, dist_checkpointing) runs over gloo on CPU. It is
 - idempotent (a second call changes nothing).
 
 Each patch below names the megatron-core call sites (0.16.x; the same sites exist in 0.17-0.19) that need it.
+Two more are for speed only, value-identical (`_patch_linear_bias`, `_patch_rope_concat`): work the GPU path
+fuses away and a CPU op pays in full.
 """
 
 from __future__ import annotations

@@ -113,9 +113,9 @@ def split_even(n: int, parts: int) -> list[range]:
 def dp_balanced_micro_batches(lengths: list[int], dp: int, max_tokens: int) -> list[list[list[int]]]:
     """Per data-parallel rank, the micro-batches (indices into the global `lengths`) of a rollout whose
     sequences are spread over `dp` ranks by tokens rather than by fixed row slices. Every rank computes the
-    same answer from the (globally known) lengths. All ranks get the same number of micro-batches (pipeline
-    schedules and DDP need it): a short rank is padded with empty micro-batches, which the update must skip
-    in the loss but still run through the collective schedule. Every index appears exactly once."""
+    same answer from the (globally known) lengths. The lists are padded with empty micro-batches to one
+    length; the policy drops those (no collective runs per micro-batch across data-parallel ranks, so
+    unequal counts are safe: trainer/policy/dp_balance.py). Every index appears exactly once."""
     if dp <= 0:
         raise ValueError(f"dp must be > 0, got {dp}")
     groups = balanced_partition(list(lengths), dp)

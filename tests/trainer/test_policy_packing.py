@@ -112,9 +112,10 @@ DP_RUNS = [
     # 7 mini-batches, rank 1 holding one row: the global mini-batches are {0, 7}, {1}, ..., {6} (as one rank
     # splits ORDER), so one rank has nothing to train on in the last six; lr 0 keeps the weights
     (True, 4096, [ORDER[:1] + ORDER[2:], [7]], 7, 0.0),
+    (False, 4096, [[0, 2, 4, 6], [1, 3, 5, 7]], 1, 1e-3),  # padded: fixed slices, their imbalance logged
 ]
 REF_RUNS = [(False, 4096, None, 1, 1e-3), (False, 4096, [ORDER], 7, 0.0)]
-REF_OF = [0, 0, 1]
+REF_OF = [0, 0, 1, 0]
 
 
 @pytest.fixture(scope="module")
@@ -125,17 +126,19 @@ def dp_runs(hf_dir):
     return [single[i] for i in REF_OF], [[r[k] for r in ranks] for k in range(len(DP_RUNS))]
 
 
-@pytest.mark.parametrize("case", [0, 1, 2])
+@pytest.mark.parametrize("case", [0, 1, 2, 3])
 def test_balanced_over_two_data_parallel_ranks_equals_one(dp_runs, case):
     """DP=2 with rows spread by tokens == DP=1 on the whole batch: the same log-probs for each rank's own
     rows, the same gradient (DDP sums the shares, each normalised by the global counts), the first ratio 1.
     A rank with no rows in a mini-batch runs a masked row (no loss, no gradient, the same metric keys)."""
     single, runs = dp_runs[0][case], dp_runs[1][case]
     share = DP_RUNS[case][2]
+    packing = DP_RUNS[case][0]
     # one deterministic assignment, computed alike on every rank: the ranks' shares partition each mini-batch
     for (rows0, _), (rows1, _) in zip(runs[0]["shares"], runs[1]["shares"], strict=True):
         assert not set(rows0) & set(rows1)
-    assert sorted(r for run in runs for rows, _ in run["shares"] for r in rows) == list(range(len(PROMPT)))
+    if packing:
+        assert sorted(r for run in runs for rows, _ in run["shares"] for r in rows) == list(range(len(PROMPT)))
     for run in runs:
         at = [single["rows"].index(r) for r in run["rows"]]  # the reference's rows of this rank's rows
         for k in ("old", "ent", "ref"):
@@ -145,6 +148,9 @@ def test_balanced_over_two_data_parallel_ranks_equals_one(dp_runs, case):
         assert run["metrics"]["ppo/approx_kl"] == 0.0 and abs(run["metrics"]["ppo/ratio_mean"] - 1.0) < 1e-7
         for k in ("loss/policy", "loss/kl", "entropy/mean"):
             assert abs(run["metrics"][k] - single["metrics"][k]) <= 1e-5 * max(1.0, abs(single["metrics"][k])), k
+    if case == 3:  # padded micro-batches keep the fixed slices; the metric reports their real-token skew
+        slices = max(_lens(r) for r in share) / (_lens(range(len(PROMPT))) / 2)
+        assert abs(runs[0]["metrics"]["perf/dp_token_imbalance"] - slices) < 1e-9
     if case < 2:
         assert sorted(runs[0]["shares"][0][0]) != list(range(len(share[0])))  # rows did move between ranks
         slices = max(_lens(r) for r in share) / (_lens(range(len(PROMPT))) / 2)
