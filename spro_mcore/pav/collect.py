@@ -29,7 +29,11 @@ from spro_mcore.rollout.engine import EngineSpec, SamplingParams, build_engine
 
 log = logging.getLogger("spro_mcore.pav")
 
-_SEED_STRIDE = 1_000_003  # batch b samples with seeds from trainer.seed + b * stride (disjoint per batch)
+# Batch b samples with seeds from trainer.seed + b * stride. Sample j of prompt i of an engine call gets seed
+# + i * n + j (`SamplingParams.sample_seed`; vLLM seeds each of the n samples so), so one batch uses
+# (responses + prefixes * n_mc) consecutive seeds: its responses first, then its continuations. Ranges must not
+# overlap: vLLM gives two requests with one seed and one context the same tokens.
+_SEED_STRIDE = 1 << 32  # far above any batch's (responses + prefixes * n_mc)
 
 
 def batch_seed(seed: int, batch: int) -> int:
@@ -68,7 +72,8 @@ def collect_batch(engine, tokenizer, reward_fn, prompts, first_index: int, *, sa
     if jobs:
         continuations = engine.generate(
             [list(prompts[row["prompt_index"] - first_index].input_ids) + prefix for row, prefix, _ in jobs],
-            SamplingParams(n=n_mc, temperature=1.0, max_new_tokens=max(b for _, _, b in jobs), seed=seed + 1))
+            SamplingParams(n=n_mc, temperature=1.0, max_new_tokens=max(b for _, _, b in jobs),
+                           seed=seed + len(prompts) * samples_per_prompt))  # after the responses' seeds
         texts = []
         for (row, prefix, budget), group in zip(jobs, continuations):
             cut = [s.token_ids[:budget] for s in group]

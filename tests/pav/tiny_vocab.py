@@ -16,13 +16,15 @@ def non_a_chars(response_text: str, answer: str, **meta) -> float:
     return float(len(response_text.replace("a", "")) >= int(answer))
 
 
-def make_policy(out_dir: Path, seed: int = 6) -> Path:
+def make_policy(out_dir: Path, seed: int = 6, **model_kw) -> Path:
+    """model_kw: hf_config overrides (vLLM's CPU attention needs head_dim >= 32: num_attention_heads=2)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     from tests.models.tiny_hf import make_tiny
 
-    make_tiny(str(out_dir), "qwen2", seed=seed, vocab=len(VOCAB), tied=False, eos_token_id=0, pad_token_id=0)
+    make_tiny(str(out_dir), "qwen2", seed=seed, vocab=len(VOCAB), tied=False, eos_token_id=0, pad_token_id=0,
+              **model_kw)
     # byte-level BPE like Qwen's (transformers rebuilds a qwen2 checkpoint's tokenizer as Qwen2Tokenizer anyway)
     tok = Tokenizer(models.BPE(vocab=VOCAB, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
