@@ -58,23 +58,8 @@ class VerifierCheckpoints:
         if self.layout.is_main:
             for p in files.remove_stale(self.dir):
                 log.info("removed %s (left by an interrupted save)", p)
-        candidates, explicit = protocol.candidates(self.dir, self.cfg.checkpoint.resume, self.layout)
-        step, problems, resumed = 0, [], None
-        for ckpt in candidates:
-            problem = protocol.problem_with(ckpt, self.layout)
-            if problem is None:
-                step, resumed = self._load(ckpt, trainer), ckpt
-                break
-            problems.append(problem)
-            if explicit:
-                raise CheckpointError(f"checkpoint.resume={self.cfg.checkpoint.resume}: {problem}")
-            if self.layout.is_main:
-                log.warning("%s; falling back to the previous complete checkpoint", problem)
-        else:
-            if problems:
-                raise CheckpointError(
-                    f"no usable checkpoint in {self.dir} ({'; '.join(problems)}); they are kept as they are: "
-                    "set checkpoint.resume=never to start over, or point checkpoint.resume at another checkpoint")
+        resumed = protocol.choose(self.dir, self.cfg.checkpoint.resume, self.layout)
+        step = self._load(resumed, trainer) if resumed is not None else 0
         protocol.set_aside_newer_than(self.dir, step, resumed, self.layout)
         if step:
             self.last_saved_step = step

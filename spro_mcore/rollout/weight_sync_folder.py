@@ -71,10 +71,15 @@ def write_safetensors_folder(buckets: Iterable[list[tuple[str, torch.Tensor]]], 
     index = {"metadata": {"total_size": total}, "weight_map": {k: names[v] for k, v in weight_map.items()}}
     (staging / INDEX_NAME).write_text(json.dumps(index, indent=1))
     if config_dir is not None:
-        for f in Path(config_dir).iterdir():
-            if f.is_file() and f.name != INDEX_NAME and not f.name.endswith(_WEIGHT_SUFFIXES):
-                shutil.copy2(f, staging / f.name)
+        copy_config_files(config_dir, staging)
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(staging, folder)
     return folder
+
+
+def copy_config_files(config_dir, dest: Path) -> None:
+    """The model folder's non-weight files (config, tokenizer, generation config) into `dest`."""
+    for f in Path(config_dir).iterdir():
+        if f.is_file() and f.name != INDEX_NAME and not f.name.endswith(_WEIGHT_SUFFIXES):
+            shutil.copy2(f, dest / f.name)

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from spro_mcore.rollout.weight_sync_delta import DeltaError, DeltaSender, Manifest, tensor_digest
-from spro_mcore.rollout.weight_sync_folder import _WEIGHT_SUFFIXES, INDEX_NAME
+from spro_mcore.rollout.weight_sync_folder import INDEX_NAME, copy_config_files
 
 META_KEY = "spro_weight_sync"
 
@@ -94,9 +94,7 @@ def write_delta_folder(buckets: Iterable[list[tuple[str, torch.Tensor]]], folder
             f.unlink()
     if base is None:
         if config_dir is not None:
-            for f in Path(config_dir).iterdir():
-                if f.is_file() and f.name != INDEX_NAME and not f.name.endswith(_WEIGHT_SUFFIXES):
-                    shutil.copy2(f, target / f.name)
+            copy_config_files(config_dir, target)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(target, folder)

@@ -77,37 +77,15 @@ class Checkpointer:
         if self.layout.is_main:
             for p in files.remove_stale(self.dir):
                 log.info("removed %s (left by an interrupted save)", p)
-        candidates, explicit = self._candidates()
-        step, problems = 0, []
-        for ckpt in candidates:
-            problem = self._verify(ckpt)
-            if problem is None:
-                step = self._load(ckpt, parts)
-                self.resumed_from = ckpt
-                break
-            problems.append(problem)
-            if explicit:
-                raise CheckpointError(f"checkpoint.resume={self.cfg.checkpoint.resume}: {problem}")
-            if self.layout.is_main:
-                log.warning("%s; falling back to the previous complete checkpoint", problem)
-        else:
-            if problems:
-                raise CheckpointError(
-                    f"no usable checkpoint in {self.dir} ({'; '.join(problems)}); they are kept as they are: "
-                    "set checkpoint.resume=never to start over, or point checkpoint.resume at another checkpoint")
+        ckpt = protocol.choose(self.dir, self.cfg.checkpoint.resume, self.layout)
+        step = self._load(ckpt, parts) if ckpt is not None else 0
+        self.resumed_from = ckpt
         self._set_aside_newer_than(step)
         if step > 0:
             self._sync_engine(parts)
             self.last_saved_step = step
         self._boundary = self._capture(step)
         return step
-
-    def _candidates(self) -> tuple[list[Path], bool]:
-        return protocol.candidates(self.dir, self.cfg.checkpoint.resume, self.layout)
-
-    def _verify(self, ckpt: Path) -> Optional[str]:
-        """Collective: None when `ckpt` is complete and intact on every rank's share, else the problem."""
-        return protocol.problem_with(ckpt, self.layout)
 
     def _load(self, ckpt: Path, parts) -> int:
         try:

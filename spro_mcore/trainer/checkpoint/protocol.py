@@ -57,6 +57,28 @@ def problem_with(ckpt: Path, layout: Layout) -> Optional[str]:
     return next((p for p in collectives.all_gather_object(problem) if p), None)
 
 
+def choose(root: Path, resume: str, layout: Layout) -> Optional[Path]:
+    """The checkpoint to resume from (collective): the newest intact one for checkpoint.resume=auto, falling
+    back past damaged ones with a warning; the named one, or an error, for an explicit path; None for a fresh
+    start. Damaged checkpoints are never deleted here."""
+    found, explicit = candidates(root, resume, layout)
+    problems = []
+    for ckpt in found:
+        problem = problem_with(ckpt, layout)
+        if problem is None:
+            return ckpt
+        problems.append(problem)
+        if explicit:
+            raise CheckpointError(f"checkpoint.resume={resume}: {problem}")
+        if layout.is_main:
+            log.warning("%s; falling back to the previous complete checkpoint", problem)
+    if problems:
+        raise CheckpointError(
+            f"no usable checkpoint in {root} ({'; '.join(problems)}); they are kept as they are: "
+            "set checkpoint.resume=never to start over, or point checkpoint.resume at another checkpoint")
+    return None
+
+
 def set_aside_newer_than(root: Path, step: int, resumed_from: Optional[Path], layout: Layout) -> None:
     """Checkpoints past the resume point belong to an abandoned attempt (found bad, or the user resumed
     from an older one): rename them away so that they never mix with this run's. Never deleted."""
