@@ -24,25 +24,32 @@ def _rows(run_dir: Path) -> list[dict]:
 
 
 def build_summary(study: Study) -> dict[str, Any]:
-    info, stats = {}, {}
+    info, stats, runs, walls, samples = {}, {}, {}, {}, {}
     for cell in study.cells:
         cfg = load_config(study.base, study.train_overrides(cell, study.seeds[0]))
         info[cell.name] = {"algo": dataclasses.asdict(cfg.algo), "overrides": cell.overrides}
         done = [s for s in study.seeds if read_marker(study.run_dir(cell, s)) is not None]
-        stats[cell.name] = summarize_cell({s: _rows(study.run_dir(cell, s)) for s in done},
-                                          {s: run_wall_s(study.run_dir(cell, s)) for s in done},
-                                          cfg.rollout.n * cfg.data.prompts_per_step)
+        runs[cell.name] = {s: _rows(study.run_dir(cell, s)) for s in done}
+        walls[cell.name] = {s: run_wall_s(study.run_dir(cell, s)) for s in done}
+        samples[cell.name] = cfg.rollout.n * cfg.data.prompts_per_step
+        stats[cell.name] = summarize_cell(runs[cell.name], walls[cell.name], samples[cell.name])
     cells = []
     for cell in study.cells:
         ref = pick_reference(cell.name, info)
         s = stats[cell.name]
+        # the comparison uses the seeds both cells completed (the seed also draws the eval problems, so a
+        # target set on other seeds is another exam)
+        common = sorted(set(runs[cell.name]) & set(runs[ref])) if ref else []
+        ref_stats = (summarize_cell({k: runs[ref][k] for k in common}, {k: walls[ref][k] for k in common}, samples[ref])
+                     if ref and common else None)
         cells.append({
             "name": cell.name,
             "overrides": cell.overrides,
             "seeds_planned": study.seeds,
             **s,
             "reference": ref,
-            **compare_with_reference(s, stats[ref] if ref else None),
+            **compare_with_reference(summarize_cell({k: runs[cell.name][k] for k in common}, {k: walls[cell.name][k] for k in common},
+                                                    samples[cell.name]) if common else s, ref_stats),
         })
     return {
         "study_file": str(study.path),
@@ -85,7 +92,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
     L += ["", "## Results", "",
           "Final = the last evaluated step (held-out greedy accuracy); intervals are 95% t-intervals over seeds. "
           "Steps-to-target: the first evaluated step at which the cell's seed-mean accuracy reaches the "
-          "reference's best seed-mean accuracy; efficiency = reference steps / cell steps. Paired difference: "
+          "reference's best seed-mean accuracy, both over the seeds the two cells completed (the seed also draws "
+          "the held-out problems); efficiency = reference steps / cell steps. Paired difference: "
           "cell minus reference final accuracy on the same seeds. Entropy and response length: mean over the "
           "last 10% of steps. MSA/outcome: sum of `adv/msa_abs_mean` / sum of `adv/grpo_abs_mean` over the run.",
           "", f"| cell | final acc | 95% CI | final {pk.removeprefix('eval/')} | steps to target | efficiency | "

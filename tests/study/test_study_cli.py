@@ -220,3 +220,6 @@ def test_aggregate_of_synthetic_metrics_files_equals_hand_computation(tmp_path):
     spro = json.loads((tmp_path / "out" / "summary.json").read_text())["cells"][1]
     assert spro["seeds"] == [1, 2] and spro["final_acc_mean"] == pytest.approx(0.7)
     assert "[1, 2] (not run: [3])" in (tmp_path / "out" / "report.md").read_text()
+    # the target is GRPO's best seed mean over the seeds both cells completed (1, 2: 0.55, not 0.6 over three)
+    assert spro["target_acc"] == pytest.approx(0.55)
+    assert (spro["steps_to_target"], spro["reference_steps_to_target"]) == (1, 2)
