@@ -70,6 +70,11 @@ def write_safetensors_folder(buckets: Iterable[list[tuple[str, torch.Tensor]]], 
         os.replace(staging / f"shard-{i}.safetensors", staging / name)
     index = {"metadata": {"total_size": total}, "weight_map": {k: names[v] for k, v in weight_map.items()}}
     (staging / INDEX_NAME).write_text(json.dumps(index, indent=1))
+    return install_folder(staging, folder, config_dir)
+
+
+def install_folder(staging: Path, folder: Path, config_dir) -> Path:
+    """Complete `staging` with the model's non-weight files and put it in `folder`'s place."""
     if config_dir is not None:
         copy_config_files(config_dir, staging)
     if folder.exists():

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from spro_mcore.rollout.weight_sync_delta import DeltaError, DeltaSender, Manifest, tensor_digest
-from spro_mcore.rollout.weight_sync_folder import INDEX_NAME, copy_config_files
+from spro_mcore.rollout.weight_sync_folder import INDEX_NAME, install_folder
 
 META_KEY = "spro_weight_sync"
 
@@ -93,11 +93,7 @@ def write_delta_folder(buckets: Iterable[list[tuple[str, torch.Tensor]]], folder
         if f.name not in used:
             f.unlink()
     if base is None:
-        if config_dir is not None:
-            copy_config_files(config_dir, target)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(target, folder)
+        return install_folder(target, folder, config_dir)
     return folder
 
 

@@ -56,9 +56,33 @@ def wilson(k: float, n: int, z: float) -> tuple[float, float]:
     return centre - half, centre + half
 
 
-def test_q_hat_lies_in_the_binomial_interval_of_the_exact_q(policy, prompts, tmp_path, monkeypatch):
+ANSWERS = {0: "3", 1: "3", 2: "3", 3: "2"}  # the answers of write_prompts' prompts
+
+
+def assert_q_hat_within_exact_q_interval(policy, rows, n_mc: int) -> None:
+    """Every estimated prefix's exact Q (every continuation enumerated under HF) lies in the Wilson interval
+    (z = 4) of its Q-hat; a final step (n_mc = 0) carries its own outcome; the prefixes really differ."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    model = AutoModelForCausalLM.from_pretrained(policy, dtype="float32", attn_implementation="eager").eval()
+    tok = AutoTokenizer.from_pretrained(policy)
+    exact_values = []
+    for r in rows:
+        if r["n_mc"] == 0:
+            assert r["step"] == r["num_steps"] and r["q_hat"] == r["outcome"]
+            assert r["outcome"] == non_a_chars(tok.decode(r["prefix_token_ids"], skip_special_tokens=True),
+                                                ANSWERS[r["prompt_index"]])
+            continue
+        budget = 4 - len(r["prefix_token_ids"])
+        q = exact_q(model, tok, r["prompt_token_ids"], r["prefix_token_ids"], budget, non_a_chars,
+                    ANSWERS[r["prompt_index"]])
+        lo, hi = wilson(r["q_hat"] * n_mc, n_mc, z=4.0)
+        assert lo - 1e-9 <= q <= hi + 1e-9, (r, q)  # an exact Q of 1 sums to 1 + 1 ulp
+        exact_values.append(q)
+    assert len(exact_values) >= 10 and max(exact_values) - min(exact_values) > 0.3  # prefixes really differ
+
+
+def test_q_hat_lies_in_the_binomial_interval_of_the_exact_q(policy, prompts, tmp_path, monkeypatch):
     calls = []
     real_build = collect_mod.build_engine
 
@@ -84,23 +108,7 @@ def test_q_hat_lies_in_the_binomial_interval_of_the_exact_q(policy, prompts, tmp
     rows = rows_of(tmp_path / "c")
     assert calls[1][0] == sum(r["n_mc"] > 0 for r in rows if r["prompt_index"] < 2)
 
-    model = AutoModelForCausalLM.from_pretrained(policy, dtype="float32", attn_implementation="eager").eval()
-    tok = AutoTokenizer.from_pretrained(policy)
-    answers = {0: "3", 1: "3", 2: "3", 3: "2"}
-    exact_values = []
-    for r in rows:
-        if r["n_mc"] == 0:
-            assert r["step"] == r["num_steps"] and r["q_hat"] == r["outcome"]
-            assert r["outcome"] == non_a_chars(tok.decode(r["prefix_token_ids"], skip_special_tokens=True),
-                                                answers[r["prompt_index"]])
-            continue
-        budget = 4 - len(r["prefix_token_ids"])
-        q = exact_q(model, tok, r["prompt_token_ids"], r["prefix_token_ids"], budget, non_a_chars,
-                    answers[r["prompt_index"]])
-        lo, hi = wilson(r["q_hat"] * n_mc, n_mc, z=4.0)
-        assert lo - 1e-9 <= q <= hi + 1e-9, (r, q)  # an exact Q of 1 sums to 1 + 1 ulp
-        exact_values.append(q)
-    assert len(exact_values) >= 10 and max(exact_values) - min(exact_values) > 0.3  # prefixes really differ
+    assert_q_hat_within_exact_q_interval(policy, rows, n_mc)
     assert stats["continuation_tokens"] == sum(r["continuation_tokens"] for r in rows)
     assert stats["response_tokens"] == sum(r["response_tokens"] for r in rows if r["step"] == 0)
     assert stats["cost_ratio"] == pytest.approx(stats["continuation_tokens"] / stats["response_tokens"])
