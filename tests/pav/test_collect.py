@@ -82,12 +82,15 @@ def assert_q_hat_within_exact_q_interval(policy, rows, n_mc: int) -> None:
     assert len(exact_values) >= 10 and max(exact_values) - min(exact_values) > 0.3  # prefixes really differ
 
 
-def test_q_hat_lies_in_the_binomial_interval_of_the_exact_q(policy, prompts, tmp_path, monkeypatch):
-    calls = []
+def record_engine_calls(monkeypatch) -> tuple[list, list]:
+    """(calls, engines): every generate call of the engines collection builds, as (prompts, n, first seed),
+    and the class name of each engine built."""
+    calls, engines = [], []
     real_build = collect_mod.build_engine
 
     def counting_build(spec):
         engine = real_build(spec)
+        engines.append(type(engine).__name__)
         real_generate = engine.generate
 
         def generate(prompt_ids, sampling):
@@ -98,6 +101,11 @@ def test_q_hat_lies_in_the_binomial_interval_of_the_exact_q(policy, prompts, tmp
         return engine
 
     monkeypatch.setattr(collect_mod, "build_engine", counting_build)
+    return calls, engines
+
+
+def test_q_hat_lies_in_the_binomial_interval_of_the_exact_q(policy, prompts, tmp_path, monkeypatch):
+    calls, _ = record_engine_calls(monkeypatch)
     n_mc = 1000
     cfg = load_config(None, overrides(policy, prompts, tmp_path / "c", n_mc=n_mc, num_prompts=4, samples_per_prompt=3))
     stats = collect(cfg)

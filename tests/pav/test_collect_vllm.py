@@ -10,9 +10,10 @@ import pytest
 pytest.importorskip("vllm")
 
 from spro_mcore.config import load_config  # noqa: E402
-from spro_mcore.pav import collect as collect_mod  # noqa: E402
 from spro_mcore.pav.collect import collect  # noqa: E402
-from tests.pav.test_collect import assert_q_hat_within_exact_q_interval, overrides, rows_of  # noqa: E402
+from tests.pav.test_collect import (  # noqa: E402
+    assert_q_hat_within_exact_q_interval, overrides, record_engine_calls, rows_of,
+)
 from tests.pav.tiny_vocab import make_policy, write_prompts  # noqa: E402
 
 pytestmark = pytest.mark.engine
@@ -23,22 +24,7 @@ def test_vllm_q_hat_lies_in_the_binomial_interval_of_the_exact_q(tmp_path, monke
     # vLLM's CPU attention has no kernel for head_dim 16 (the hf test's 64 / 4 heads): 2 heads of 32, 1 KV head
     policy = make_policy(tmp_path / "policy", num_attention_heads=2, num_key_value_heads=1)
     prompts = write_prompts(tmp_path / "prompts.jsonl")
-    calls, engines = [], []
-    real_build = collect_mod.build_engine
-
-    def counting_build(spec):
-        engine = real_build(spec)
-        engines.append(type(engine).__name__)
-        real_generate = engine.generate
-
-        def generate(prompt_ids, sampling):
-            calls.append((len(prompt_ids), sampling.n, sampling.sample_seed(0)))
-            return real_generate(prompt_ids, sampling)
-
-        engine.generate = generate
-        return engine
-
-    monkeypatch.setattr(collect_mod, "build_engine", counting_build)
+    calls, engines = record_engine_calls(monkeypatch)
     n_mc = 600
     cfg = load_config(None, overrides(policy, prompts, tmp_path / "c", n_mc=n_mc, num_prompts=4, samples_per_prompt=3)
                       + ["rollout.engine=vllm", "rollout.mode=colocated", "rollout.kv_cache_memory_bytes=16777216"])
