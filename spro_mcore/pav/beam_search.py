@@ -22,7 +22,6 @@ from spro_mcore.algo.progress import beam_score, bok_q
 from spro_mcore.algo.token_offsets import split_token_steps
 from spro_mcore.rollout.engine import SamplingParams
 
-_ROUND_SEED_STRIDE = 7919  # fresh samples of round r use seeds from seed + (r + 1) * stride * (prompts * N * C)
 
 
 @dataclass
@@ -74,14 +73,19 @@ def beam_search(engine, tokenizer, verifier_q: Callable, prompts: list[list[int]
     done: list[list[Beam]] = [[] for _ in prompts]
     generated = [0] * len(prompts)
     n_round = 0
+    # round r owns the seeds [seed + r*P*C, seed + (r+1)*P*C), P = prompts x N: its full rollouts the first P,
+    # its fresh candidates the next P*(C-1), so no two sampled rows of a search share a seed (round 0's full
+    # rollouts start at `seed`: N = C = 1 is plain sampling)
+    block = len(prompts) * beam_width
     while any(beams):
+        round_seed = seed + n_round * block * candidates
         # candidate 0: the next step of each element's own rollout (sampled in full when there is none)
         need_full = [(i, j) for i, bs in enumerate(beams) for j, b in enumerate(bs) if not b.rest]
         if need_full:
             budget = max(max_new_tokens - len(beams[i][j].tokens) for i, j in need_full)
             groups = engine.generate([prompts[i] + beams[i][j].tokens for i, j in need_full], SamplingParams(
                 n=1, temperature=temperature, max_new_tokens=budget,
-                seed=seed if n_round == 0 else seed + n_round * _ROUND_SEED_STRIDE * (len(prompts) * beam_width)))
+                seed=round_seed))
             for (i, j), g in zip(need_full, groups):
                 b = beams[i][j]
                 room = max_new_tokens - len(b.tokens)
@@ -101,7 +105,7 @@ def beam_search(engine, tokenizer, verifier_q: Callable, prompts: list[list[int]
             budget = max(max_new_tokens - len(b.tokens) for _, b in parents)
             groups = engine.generate([prompts[i] + b.tokens for i, b in parents], SamplingParams(
                 n=candidates - 1, temperature=temperature, max_new_tokens=budget, stop_token_ids=tuple(step_stop_ids or ()),
-                seed=seed + (n_round + 1) * _ROUND_SEED_STRIDE * (len(prompts) * beam_width) + 1))
+                seed=round_seed + block))
             for (i, b), g in zip(parents, groups):
                 room = max_new_tokens - len(b.tokens)
                 for s in g:

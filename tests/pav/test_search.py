@@ -80,6 +80,32 @@ def test_ranking_follows_the_verifier(policy):
     assert sum(r.generated_tokens for r in liked) > sum(r.generated_tokens for r in plain)
 
 
+def test_no_two_sampled_rows_share_a_seed(policy):
+    """Every row a search samples (full rollouts and fresh candidates, over all rounds) has its own seed: a
+    reused seed replays the same random draws on another prefix (the bug `pav collect` had)."""
+    from transformers import AutoTokenizer
+
+    from spro_mcore.rollout.hf_engine import HfEngine
+
+    tok = AutoTokenizer.from_pretrained(policy)
+    engine = HfEngine(str(policy))
+    seeds, real_generate = [], engine.generate
+
+    def generate(prompt_ids, sampling):
+        seeds.extend(sampling.sample_seed(i) + j for i in range(len(prompt_ids)) for j in range(sampling.n))
+        return real_generate(prompt_ids, sampling)
+
+    engine.generate = generate
+    def arbitrary(seqs, reads):  # scores that pick fresh candidates too, so later rounds sample full rollouts again
+        return [[(hash(tuple(q[:p + 1])) % 97) / 97 for p in r] for q, r in zip(seqs, reads)]
+
+    beam_search(engine, tok, arbitrary, PROMPTS, beam_width=2, candidates=3,
+                alpha=0.0, prover="policy", prover_k=1, max_new_tokens=6, temperature=1.0,
+                splitter=splitter_pattern("\n"), seed=5, step_stop_ids=line_break_token_ids(tok))
+    assert len(seeds) > 3 * len(PROMPTS) * 2  # several rounds ran
+    assert len(set(seeds)) == len(seeds)
+
+
 def test_report_format(tmp_path):
     from spro_mcore.pav.search_cmd import write_report
 
