@@ -96,6 +96,7 @@ def test_no_two_sampled_rows_share_a_seed(policy):
         return real_generate(prompt_ids, sampling)
 
     engine.generate = generate
+
     def arbitrary(seqs, reads):  # scores that pick fresh candidates too, so later rounds sample full rollouts again
         return [[(hash(tuple(q[:p + 1])) % 97) / 97 for p in r] for q, r in zip(seqs, reads)]
 
