@@ -10,11 +10,13 @@ the distributed optimizer, dist_checkpointing) runs over gloo on CPU. It is
 
 Each patch below names the megatron-core call sites (0.16.x; the same sites exist in 0.17-0.19) that need it.
 Two more are for speed only, value-identical (`_patch_linear_bias`, `_patch_rope_concat`): work the GPU path
-fuses away and a CPU op pays in full.
+fuses away and a CPU op pays in full. Two are for start-up time only (`_megatron_import_without_compile`,
+`_patch_checkpoint_results_queue`): a CPU process pays them on every launch and runs nothing they buy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import sys
@@ -246,6 +248,43 @@ def _patch_linear_bias() -> None:
     fn.forward = staticmethod(layers.custom_fwd(forward)) if hasattr(layers, "custom_fwd") else staticmethod(forward)
 
 
+@contextlib.contextmanager
+def _megatron_import_without_compile():
+    """megatron-core wraps its fusions in `torch.compile` when they are defined (`megatron.core.jit.jit_fuser`),
+    which imports dynamo and inductor: ~2 s of every process's start-up. The CPU path never calls those fusions
+    (the local spec, no bias-activation fusion), and a compiled function on CPU would be an inductor C++ build,
+    so while megatron-core is first imported `torch.compile` hands the function back unchanged; `jit_fuser`
+    keeps that binding, as with megatron's own `disable_jit_fuser`."""
+    if "megatron.core" in sys.modules:  # imported before the patches: nothing to save
+        yield
+        return
+    real = torch.compile
+
+    def uncompiled(model=None, **kwargs):
+        return model if model is not None else (lambda fn: fn)
+
+    torch.compile = uncompiled
+    try:
+        yield
+    finally:
+        torch.compile = real
+
+
+def _patch_checkpoint_results_queue() -> None:
+    """dist_checkpointing's writer returns its results through a `multiprocessing.Manager` queue started with the
+    spawn method: a fresh interpreter that imports torch, ~3 s before the first checkpoint of every process.
+    Spawn keeps CUDA state out of the manager; a CPU process has none, so its manager is forked (milliseconds).
+    The writer processes themselves are megatron's own (forked already)."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async as fa
+
+    def forked_results_queue():
+        if fa._results_queue is None:
+            fa._results_queue = fa.mp.get_context("fork").Manager().Queue()
+        return fa._results_queue
+
+    fa._get_write_results_queue = forked_results_queue
+
+
 def _install_torch_views() -> None:
     view = _CpuTorchView()
     for name in _CUDA_FACTORY_MODULES:
@@ -269,11 +308,13 @@ def apply_cpu_compat(force: bool = False) -> bool:
         return False
     _patch_torch_cuda()
     _patch_tensor_methods()
-    _install_torch_views()
+    with _megatron_import_without_compile():
+        _install_torch_views()
     _patch_rng()
     _patch_sharded_tensor_init()
     _patch_rope_concat()
     _patch_linear_bias()
+    _patch_checkpoint_results_queue()
     _APPLIED = True
     log.debug("megatron-core CPU compatibility layer applied")
     return True

@@ -78,3 +78,27 @@ def test_rng_tracker_uses_cpu_generator():
     with mrandom.get_cuda_rng_tracker().fork():
         a2 = torch.rand(4)
     assert torch.equal(a, a2) and not torch.equal(a, b)
+
+
+def test_start_up_patches_leave_dynamo_unimported_and_fork_the_checkpoint_manager():
+    """The two start-up patches, in a fresh interpreter: importing the package (which imports megatron-core)
+    pulls in neither dynamo nor inductor, megatron's `jit_fuser` returns the function unchanged, and the
+    checkpoint writer's results queue comes from a forked manager that works."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, spro_mcore.parallel\n"
+        "assert 'torch._dynamo' not in sys.modules and 'torch._inductor' not in sys.modules, 'dynamo imported'\n"
+        "from megatron.core import jit\n"
+        "f = lambda x: x\n"
+        "assert jit.jit_fuser(f) is f\n"
+        "import torch\n"
+        "assert torch.compile.__module__.startswith('torch'), 'torch.compile left patched'\n"
+        "from megatron.core.dist_checkpointing.strategies import filesystem_async as fa\n"
+        "q = fa._get_write_results_queue()\n"
+        "q.put({'rank': 0}); assert q.get(timeout=10) == {'rank': 0}\n"
+        "assert fa._get_write_results_queue() is q\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
