@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import time
 
 import torch
@@ -33,24 +32,10 @@ from spro_mcore.trainer.evaluate import evaluate
 from spro_mcore.trainer.metrics import MetricsLogger, StepTimer
 from spro_mcore.trainer.process_reward import NoProcessReward
 from spro_mcore.trainer.rollout_batch import RolloutBatch, build_rollout_batch
-from spro_mcore.trainer.rollout_producer import Rollout, rollout_producer
+from spro_mcore.trainer.rollout_producer import Rollout, rollout_producer, env_test_hooks
 from spro_mcore.trainer.setup import Components
 
 log = logging.getLogger(__name__)
-
-
-def _test_lag():
-    """Test hook: SPRO_MCORE_TEST_ASYNC_LAG=0 makes one_step_off prefetch after the weight sync (staleness 0),
-    which must equal async_mode=off bit for bit."""
-    v = os.environ.get("SPRO_MCORE_TEST_ASYNC_LAG")
-    return None if v is None else int(v)
-
-
-def _test_drop_at():
-    """Test hook: SPRO_MCORE_TEST_ASYNC_DROP_AT=k makes one_step_off drop the batch prefetched for step k and
-    regenerate it in place, as a run resumed from step k's checkpoint does (the reference of the kill -9 test)."""
-    v = os.environ.get("SPRO_MCORE_TEST_ASYNC_DROP_AT")
-    return None if v is None else int(v)
 
 
 class Trainer:
@@ -66,8 +51,7 @@ class Trainer:
         # trainer.async_mode: the overlap of generation with training lives in the producer alone
         self.producer = rollout_producer(
             self._produce, mode=cfg.trainer.async_mode, start_step=self.step_no, total_steps=cfg.trainer.total_steps,
-            threaded=cfg.rollout.mode == "server", lag=_test_lag(), max_staleness=cfg.trainer.max_staleness,
-            drop_at=_test_drop_at(),
+            threaded=cfg.rollout.mode == "server", max_staleness=cfg.trainer.max_staleness, **env_test_hooks(),
         )
         self._data_states: dict[int, dict] = {}  # step -> the prompt iterator's state before its prompts were drawn
 

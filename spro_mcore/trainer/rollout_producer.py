@@ -34,15 +34,22 @@ thread path).
   thread shares the CPU cores with the Megatron passes (the engine forks and reseeds the torch RNG per prompt;
   the Megatron passes draw no random numbers, dropout is 0).
 
+  `lag` (test hook) pins bounded's schedule: the feed runs exactly `lag` (<= max_staleness) steps ahead and
+  `next(k)` waits until it has generated every batch the start rule allows (steps <= k + lag), so no
+  generation overlaps a Megatron pass and batch j is always sampled by version max(start_step, j - lag)
+  (staleness min(j - start_step, lag)): a bounded run is then reproducible bit for bit.
+
 Kill -9 / preemption: a prefetched or buffered batch lives only in memory. A checkpoint records the prompt
 state before the prompts of the next step to train (`Trainer.data_state`), so on resume the lost batches are
 regenerated from the same prompts and step seeds with the checkpointed weights (staleness 0 for the first
-resumed step, as step 0). `drop_at` is the test hook that makes an uninterrupted one_step_off run drop the
-batch prefetched for one step the same way (the reference of the kill -9 test).
+resumed step, as step 0; bounded: the feed restarts at step k with version k). `drop_at` is the test hook
+that makes an uninterrupted run drop the batches generated ahead for step k and later the same way, from the
+same prompts (the reference of the kill -9 tests).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -61,12 +68,25 @@ class Rollout:
     rows: int = 0  # samples in the batch (counted when a stale batch is dropped)
 
 
+def env_test_hooks() -> dict:
+    """The test hooks, read here alone (the `lag` and `drop_at` of the producers):
+    SPRO_MCORE_TEST_ASYNC_LAG=L: one_step_off with L=0 prefetches after the weight sync (must equal off);
+    bounded runs exactly L steps ahead and waits for them (batch j sampled by version max(start, j - L)).
+    SPRO_MCORE_TEST_ASYNC_DROP_AT=k: drop what was generated ahead for step k and later and regenerate it
+    from the same prompts with version k, as a run resumed from step k's checkpoint does."""
+    def read(name):
+        v = os.environ.get(f"SPRO_MCORE_TEST_ASYNC_{name}")
+        return None if v is None else int(v)
+
+    return {"lag": read("LAG"), "drop_at": read("DROP_AT")}
+
+
 def rollout_producer(produce, *, mode: str, start_step: int, total_steps: int, threaded: bool,
                      lag: Optional[int] = None, max_staleness: int = 0, drop_at: Optional[int] = None):
     """The producer of trainer.async_mode `mode`."""
     if mode == "bounded":
         return BoundedRolloutProducer(produce, start_step=start_step, total_steps=total_steps,
-                                      max_staleness=max_staleness)
+                                      max_staleness=max_staleness, lag=lag, drop_at=drop_at)
     return RolloutProducer(produce, mode=mode, start_step=start_step, total_steps=total_steps, threaded=threaded,
                            lag=lag, drop_at=drop_at)
 
@@ -134,13 +154,20 @@ class BoundedRolloutProducer:
     `produce(step, version, prompts=None)` generates the batch of `step` (from `prompts` when given: the
     regeneration of a dropped batch) with the engine's current weights, `version`."""
 
-    def __init__(self, produce: Callable[..., Rollout], *, start_step: int, total_steps: int, max_staleness: int):
+    def __init__(self, produce: Callable[..., Rollout], *, start_step: int, total_steps: int, max_staleness: int,
+                 lag: Optional[int] = None, drop_at: Optional[int] = None):
         if max_staleness < 0:
             raise ValueError(f"max_staleness must be >= 0, got {max_staleness}")
+        if lag is not None and not 0 <= lag <= max_staleness:
+            raise ValueError(f"the test hook's lag must be in [0, max_staleness={max_staleness}], got {lag}")
         self.produce, self.total_steps, self.max_staleness = produce, total_steps, max_staleness
+        self.ahead = max_staleness if lag is None else lag  # how far the feed may run ahead of the version
+        self.pinned = lag is not None  # test hook: next() waits for every batch the start rule allows
+        self.drop_at = drop_at  # test hook: drop what was generated ahead for this step on, as a resume does
         self.version = start_step
         self._next = start_step  # the next step the thread generates
         self._buffer: dict[int, Rollout] = {}
+        self._redo: dict[int, object] = {}  # step -> the prompts of a dropped batch, generated again
         self._busy = False  # a generation is in flight
         self._paused, self._closing, self._regenerating = True, False, False
         self._error: Optional[BaseException] = None
@@ -150,7 +177,7 @@ class BoundedRolloutProducer:
 
     def _may_start(self) -> bool:
         return (not self._paused and not self._regenerating and self._next < self.total_steps
-                and self._next <= self.version + self.max_staleness)
+                and self._next <= self.version + self.ahead)
 
     def _feed(self) -> None:
         while True:
@@ -160,8 +187,9 @@ class BoundedRolloutProducer:
                     return
                 step, version, self._busy = self._next, self.version, True
                 self._next += 1
+                redo = [self._redo.pop(step)] if step in self._redo else []
             try:
-                rollout = self.produce(step, version)
+                rollout = self.produce(step, version, *redo)
             except BaseException as e:  # handed to the consumer, which raises it in the main thread
                 with self._cond:
                     self._error, self._busy, self._closing = e, False, True
@@ -174,9 +202,15 @@ class BoundedRolloutProducer:
     def next(self, step: int) -> Rollout:
         """The rollout that trains `step` (the trainer holds version `step`); resumes the feed."""
         with self._cond:
+            if step == self.drop_at:  # the feed is paused and drained here: restart it at `step`, as a resume
+                for s in sorted(self._buffer):
+                    self._redo[s] = self._buffer.pop(s).prompts
+                self._next = step
             self._paused = False
             self._cond.notify_all()
-            self._cond.wait_for(lambda: step in self._buffer or self._error is not None)
+            last = min(step + self.ahead, self.total_steps - 1)
+            self._cond.wait_for(lambda: self._error is not None or (
+                step in self._buffer and (not self.pinned or (self._next > last and not self._busy))))
             if self._error is not None:
                 raise self._error
             rollout = self._buffer.pop(step)

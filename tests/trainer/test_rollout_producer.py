@@ -185,3 +185,35 @@ def test_drop_at_regenerates_the_prefetched_step_in_place_from_its_prompts_with_
     assert [(r.prompts, r.version) for r in got] == [("prompts0", 0), ("prompts1", 0), ("prompts2", 2),
                                                      ("prompts3", 2)]
     assert calls == [(0, 0, None), (1, 0, None), (2, 1, None), (2, 2, "prompts2"), (3, 2, None)]
+
+
+@pytest.mark.parametrize("lag", [1, 2])
+def test_bounded_lag_hook_pins_each_batch_to_version_max_start_or_step_minus_lag(lag):
+    """The test hook that makes a bounded run reproducible: step j is always sampled by version
+    max(start, j - lag), whatever the thread's timing (step 1's generation is slowed down here)."""
+    slow = threading.Event()  # never set: step 1 waits out its timeout below
+    produce, calls = _bounded_recorder()
+
+    def slow_produce(step, version, prompts=None):
+        if step == 1:
+            slow.wait(0.2)
+        return produce(step, version, prompts)
+
+    got = _drive(BoundedRolloutProducer(slow_produce, start_step=0, total_steps=5, max_staleness=2, lag=lag), 5)
+    assert [r.version for r in got] == [max(0, j - lag) for j in range(5)]
+    produce, calls = _bounded_recorder()
+    got = _drive(BoundedRolloutProducer(produce, start_step=2, total_steps=5, max_staleness=2, lag=lag), 5, start=2)
+    assert [r.version for r in got] == [max(2, j - lag) for j in range(2, 5)]
+    with pytest.raises(ValueError, match="lag must be in"):
+        BoundedRolloutProducer(produce, start_step=0, total_steps=2, max_staleness=1, lag=2)
+
+
+def test_bounded_drop_at_restarts_the_feed_at_step_k_with_version_k_from_the_same_prompts():
+    """The reference of the bounded kill -9 resume test: what a run resumed from step 2's checkpoint does."""
+    produce, calls = _bounded_recorder()
+    got = _drive(BoundedRolloutProducer(produce, start_step=0, total_steps=5, max_staleness=2, lag=2, drop_at=2), 5)
+    assert [(r.prompts, r.version) for r in got] == [("prompts0", 0), ("prompts1", 0), ("prompts2", 2),
+                                                     ("prompts3", 2), ("prompts4", 2)]
+    assert [c[:3] for c in calls] == [(0, 0, None), (1, 0, None), (2, 0, None), (3, 1, None),  # then dropped
+                                      (2, 2, "prompts2"), (3, 2, "prompts3"), (4, 2, None)]
+    assert all(r.metrics["rollout/dropped_stale"] == 0.0 for r in got)  # lost to a resume, not stale
