@@ -5,18 +5,17 @@ import math
 
 import pytest
 
+from tests.trainer.conftest import ASYNC_STEPS as STEPS
 from tests.trainer.e2e_helpers import metrics, train
 
 pytestmark = pytest.mark.e2e
 
-STEPS = ["trainer.total_steps=3", "trainer.eval_interval=0"]
-
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, async_off_run):
     base = tmp_path_factory.mktemp("bounded")
-    out = {}
-    for name, overrides in (("off", []), ("bounded0", ["trainer.async_mode=bounded", "trainer.max_staleness=0"]),
+    out = {"off": async_off_run}
+    for name, overrides in (("bounded0", ["trainer.async_mode=bounded", "trainer.max_staleness=0"]),
                             ("bounded2", ["trainer.async_mode=bounded", "trainer.max_staleness=2"])):
         train(base / name, *overrides, *STEPS)
         out[name] = metrics(base / name)

@@ -5,19 +5,16 @@ import math
 
 import pytest
 
+from tests.trainer.conftest import ASYNC_STEPS as STEPS
 from tests.trainer.e2e_helpers import metrics, train
 
 pytestmark = pytest.mark.e2e
 
-STEPS = ["trainer.total_steps=3", "trainer.eval_interval=0"]
-
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    out = {}
+def runs(tmp_path_factory, async_off_run):
+    out = {"off": async_off_run}
     base = tmp_path_factory.mktemp("async")
-    train(base / "off", *STEPS)
-    out["off"] = metrics(base / "off")
     train(base / "stale", "trainer.async_mode=one_step_off", *STEPS)
     out["stale"] = metrics(base / "stale")
     mp = pytest.MonkeyPatch()

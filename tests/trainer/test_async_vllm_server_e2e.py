@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import math
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from spro_mcore.assets import TINY_BASE_DIR
 from spro_mcore.parallel.distributed import free_port
-from tests.rollout.server_process import running_server
+from tests.rollout.server_process import running_servers
 from tests.trainer.e2e_helpers import metrics, train
 
 pytest.importorskip("vllm")
@@ -29,15 +28,13 @@ def server_urls(tmp_path_factory):
     logs = tmp_path_factory.mktemp("servers")
     env = dict(PYTHON=sys.executable, SPRO_VLLM_DTYPE="float32", SPRO_VLLM_KV_CACHE_BYTES=str(64 << 20),
                SPRO_VLLM_MAX_MODEL_LEN="512")
-    with ExitStack() as stack:
-        urls = []
-        for i in range(2):
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            stack.enter_context(running_server(["bash", str(LAUNCHER), str(TINY_BASE_DIR), str(port), "127.0.0.1"],
-                                               url, logs / f"server{i}.log", env))
-            urls.append(url)
-        yield urls
+    servers = []
+    for i in range(2):
+        port = free_port()
+        servers.append((["bash", str(LAUNCHER), str(TINY_BASE_DIR), str(port), "127.0.0.1"],
+                        f"http://127.0.0.1:{port}", logs / f"server{i}.log"))
+    with running_servers(servers, env):  # the two start-ups overlap
+        yield [url for _cmd, url, _log in servers]
 
 
 def _train_on(urls, out, *overrides):

@@ -76,12 +76,21 @@ def test_hf_engine_sleeps_during_the_update(tmp_path):
     assert m[2]["rollout/engine_logprob_abs_diff_mean"] < 1e-4
 
 
-def test_spro_and_grpo_first_updates_identical(tmp_path):
+# one step, then an HF export: shared by the SPRO = GRPO and TP=2 = TP=1 tests below
+ONE = ["trainer.total_steps=1", "trainer.eval_interval=0", "checkpoint.export_hf=true", "data.prompts_per_step=8"]
+
+
+@pytest.fixture(scope="module")
+def spro_one_step(tmp_path_factory):
+    out = tmp_path_factory.mktemp("spro_one_step") / "run"
+    train(out, *ONE, "algo.estimator=spro")
+    return out
+
+
+def test_spro_and_grpo_first_updates_identical(spro_one_step, tmp_path):
     """old == ref at step 1, so SPRO's advantages equal GRPO's and the first updates are identical."""
-    one = ["trainer.total_steps=1", "trainer.eval_interval=0", "checkpoint.export_hf=true", "data.prompts_per_step=8"]
-    train(tmp_path / "spro", *one, "algo.estimator=spro")
-    train(tmp_path / "grpo", *one, "algo.estimator=grpo")
-    a = load_file(str(tmp_path / "spro" / "hf_final" / "model.safetensors"))
+    train(tmp_path / "grpo", *ONE, "algo.estimator=grpo")
+    a = load_file(str(spro_one_step / "hf_final" / "model.safetensors"))
     b = load_file(str(tmp_path / "grpo" / "hf_final" / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
@@ -104,11 +113,9 @@ def test_spro_balanced_variant_through_the_cli(tmp_path):
 
 
 @pytest.mark.dist
-def test_tp2_first_step_equals_single_process(tmp_path):
-    one = ["trainer.total_steps=1", "trainer.eval_interval=0", "checkpoint.export_hf=false"]
-    train(tmp_path / "tp1", *one)
-    train(tmp_path / "tp2", *one, "parallel.tp=2", nproc=2)
-    a, b = metrics(tmp_path / "tp1")[1], metrics(tmp_path / "tp2")[1]
+def test_tp2_first_step_equals_single_process(spro_one_step, tmp_path):
+    train(tmp_path / "tp2", *ONE, "algo.estimator=spro", "parallel.tp=2", nproc=2)
+    a, b = metrics(spro_one_step)[1], metrics(tmp_path / "tp2")[1]
     assert a["reward/mean"] == b["reward/mean"] and a["response_length/mean"] == b["response_length/mean"]
     for k in ("loss/policy", "entropy/mean", "train/grad_norm", "adv/grpo_abs_mean"):
         assert abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(a[k])), (k, a[k], b[k])

@@ -40,11 +40,35 @@ def _check(out: Path) -> dict:
     return m
 
 
-def test_pav_verifier_source_three_steps(tmp_path):
-    ver = make_random_verifier(tmp_path / "verifier")
-    out = tmp_path / "run"
-    train(out, *THREE, f"algo.pav_path={ver}", "algo.pav_alpha=3.0")
-    m = _check(out)
+@pytest.fixture(scope="module")
+def verifier(tmp_path_factory):
+    return make_random_verifier(tmp_path_factory.mktemp("pav_verifier") / "verifier")
+
+
+@pytest.fixture(scope="module")
+def verifier_run(verifier, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pav_verifier_run") / "run"
+    train(out, *THREE, f"algo.pav_path={verifier}", "algo.pav_alpha=3.0")
+    return out
+
+
+# the Monte-Carlo runs, one per prover, shared by the tests below: 3 steps, a checkpoint after each (the kill -9
+# test resumes one), eval at steps 0 and 3, and a large lr so that one update shows in the sampled continuations
+MC = ["trainer.total_steps=3", "trainer.eval_interval=3", "checkpoint.interval=1", "algo.estimator=pav",
+      "algo.pav_source=mc", "algo.pav_n_mc=2", "optim.lr=3e-3", "algo.entropy_coef=0.01", "logging.tensorboard=false"]
+
+
+@pytest.fixture(scope="module")
+def mc_runs(tmp_path_factory):
+    """prover -> the run's output folder."""
+    base = tmp_path_factory.mktemp("pav_mc")
+    for prover in ("initial", "current"):
+        train(base / prover, *MC, f"algo.pav_prover={prover}")
+    return {p: base / p for p in ("initial", "current")}
+
+
+def test_pav_verifier_source_three_steps(verifier_run):
+    m = _check(verifier_run)
     for step in (1, 2, 3):
         # one verifier pass over every prompt + response; no continuations
         assert m[step]["pav/verifier_tokens"] > 0 and m[step]["pav/prover_tokens"] == 0
@@ -53,10 +77,8 @@ def test_pav_verifier_source_three_steps(tmp_path):
     assert m[1]["adv/msa_abs_mean"] > 0
 
 
-def test_pav_mc_source_three_steps(tmp_path):
-    out = tmp_path / "run"
-    train(out, *THREE, "algo.pav_source=mc", "algo.pav_n_mc=2", "algo.pav_prover=initial")
-    m = _check(out)
+def test_pav_mc_source_three_steps(mc_runs):
+    m = _check(mc_runs["initial"])
     for step in (1, 2, 3):
         assert m[step]["pav/prover_tokens"] > 0 and m[step]["pav/verifier_tokens"] == 0
         # n_mc continuations per prefix, each at least one token
@@ -65,29 +87,26 @@ def test_pav_mc_source_three_steps(tmp_path):
 
 
 @pytest.mark.dist
-def test_pav_tp2_first_step_equals_single_process(tmp_path):
-    ver = make_random_verifier(tmp_path / "verifier")
+def test_pav_tp2_first_step_equals_single_process(verifier, verifier_run, tmp_path):
+    """TP=2's one step against step 1 of the single-process run (everything compared is computed before the
+    first update, so the runs' lengths do not matter)."""
     one = ["trainer.total_steps=1", "trainer.eval_interval=0", "checkpoint.export_hf=false", "algo.estimator=pav",
-           f"algo.pav_path={ver}"]
-    train(tmp_path / "tp1", *one)
+           f"algo.pav_path={verifier}", "algo.pav_alpha=3.0"]
     train(tmp_path / "tp2", *one, "parallel.tp=2", nproc=2)
-    a, b = metrics(tmp_path / "tp1")[1], metrics(tmp_path / "tp2")[1]
+    a, b = metrics(verifier_run)[1], metrics(tmp_path / "tp2")[1]
     assert a["reward/mean"] == b["reward/mean"] and a["pav/verifier_tokens"] == b["pav/verifier_tokens"]
     assert a["adv/msa_abs_mean"] > 0
     for k in ("adv/msa_abs_mean", "loss/policy", "entropy/mean", "train/grad_norm", "adv/grpo_abs_mean"):
         assert abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(a[k])), (k, a[k], b[k])
 
 
-def test_pav_mc_kill9_resume_is_bit_identical(tmp_path):
+def test_pav_mc_kill9_resume_is_bit_identical(mc_runs, tmp_path):
     from safetensors.torch import load_file
 
     from spro_mcore.trainer.checkpoint import files
 
-    args = ["trainer.total_steps=3", "trainer.eval_interval=0", "checkpoint.interval=1", "algo.estimator=pav",
-            "algo.pav_source=mc", "algo.pav_n_mc=2", "logging.tensorboard=false", "algo.entropy_coef=0.01",
-            "algo.pav_prover=current"]
-    ref, out = tmp_path / "ref", tmp_path / "run"
-    train(ref, *args)
+    args = [*MC, "algo.pav_prover=current"]
+    ref, out = mc_runs["current"], tmp_path / "run"
     # the same command, killed (-9, its whole process group) once step 1's checkpoint is complete
     from tests.trainer import e2e_helpers as h
 
@@ -115,15 +134,11 @@ def test_pav_mc_kill9_resume_is_bit_identical(tmp_path):
     assert metrics(ref)[3]["pav/prover_tokens"] > 0
 
 
-def test_initial_prover_stays_frozen_while_the_current_one_moves(tmp_path):
+def test_initial_prover_stays_frozen_while_the_current_one_moves(mc_runs):
     """Same seeds, same rollouts: at step 1 both provers are the initial weights (identical estimates); at step 2
-    the current-policy prover samples from the updated weights, the initial one does not (a large lr makes the
+    the current-policy prover samples from the updated weights, the initial one does not (the large lr makes the
     update visible in the sampled continuations)."""
-    two = ["trainer.total_steps=2", "trainer.eval_interval=0", "checkpoint.export_hf=false", "algo.estimator=pav",
-           "algo.pav_source=mc", "algo.pav_n_mc=2", "optim.lr=3e-3", "logging.tensorboard=false"]
-    train(tmp_path / "initial", *two, "algo.pav_prover=initial")
-    train(tmp_path / "current", *two, "algo.pav_prover=current")
-    a, b = metrics(tmp_path / "initial"), metrics(tmp_path / "current")
+    a, b = metrics(mc_runs["initial"]), metrics(mc_runs["current"])
     key = ("pav/prover_tokens", "adv/msa_abs_mean", "loss/policy")
     assert [a[1][k] for k in key] == [b[1][k] for k in key]
     assert a[2]["response_length/mean"] == b[2]["response_length/mean"]  # the same rollouts at step 2...

