@@ -121,3 +121,27 @@ def test_sleep_mode_is_refused_on_cpu(tiny_models):
         pytest.skip("vLLM's sleep mode exists on CUDA")
     with pytest.raises(EngineError, match="rollout.sleep_when_idle=true: vLLM's sleep mode needs CUDA"):
         build_engine(EngineSpec(backend="vllm", model_path=str(tiny_models[(True, "a")]), release_memory=True))
+
+
+def test_direct_path_is_refused_where_reload_must_serve():
+    """Quantized engines, LoRA and layers with another quant method (MoE, fp8 online...) keep vLLM's
+    reload_weights: their processing transforms the live tensors."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+
+    from spro_mcore.rollout.vllm_direct_load import direct_load_blocker
+
+    def config(quantization=None, lora=None):
+        return SimpleNamespace(model_config=SimpleNamespace(quantization=quantization),
+                               quant_config=object() if quantization else None, lora_config=lora)
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    model[0].quant_method = UnquantizedLinearMethod.__new__(UnquantizedLinearMethod)
+    assert direct_load_blocker(model, config()) is None
+    assert direct_load_blocker(model, config(quantization="fp8")) == "quantized model (fp8)"
+    assert direct_load_blocker(model, config(lora=object())) == "LoRA layers"
+    model[1].quant_method = object()
+    assert direct_load_blocker(model, config()) == "1 has object"
