@@ -78,6 +78,13 @@ def _stage_weight(layer: torch.nn.Module, cache: dict) -> None:
         if meta is None:
             raise RuntimeError(f"{type(layer).__name__}: vLLM recorded no load-time metadata for its weight")
         staged = restore_layer_refs(materialize_meta_tensor(meta), layer)  # a copy: the record stays sanitized
+        # a reload_weights wraps the recorded loader in its layerwise buffering (left there after the reload),
+        # which would swallow the load: use the loader underneath
+        loader = getattr(staged, "weight_loader", None)
+        while getattr(loader, "__name__", "") == "online_process_loader":
+            loader = loader.__wrapped__
+        if loader is not None:
+            staged.weight_loader = loader
         cache[layer] = staged
     del layer.weight
     layer.register_parameter("weight", staged)

@@ -72,7 +72,7 @@ def test_direct_update_equals_vllm_reload(engines, tiny_models, tied):
 def test_linear_left_out_keeps_its_old_packed_values(engines, tiny_models, reference, tmp_path):
     """An update without layer 0's down_proj fails, and the engine then runs the new weights with the old
     down_proj (its packed copy untouched), matching the HF reference of that mixed state; never a packing of
-    a staging buffer that received nothing."""
+    a staging buffer that received nothing. Also: a direct sync after a reload_weights one loads."""
     import shutil
 
     from safetensors.torch import save_file
@@ -84,9 +84,13 @@ def test_linear_left_out_keeps_its_old_packed_values(engines, tiny_models, refer
     shutil.copytree(start, mixed)
     save_file({**weights, left_out: old[left_out]}, str(mixed / "model.safetensors"), metadata={"format": "pt"})
     del weights[left_out]
-    # as on an engine's first sync: no staging weights yet (a later sync's would hold the old values anyway)
-    engine.llm.llm_engine.model_executor.driver_worker.worker._spro_staging.clear()
     try:
+        # a reload first (it leaves its loader wrappers on vLLM's records of the weights), then, as on an
+        # engine's first direct sync, no staging weights yet (a later sync's would hold the old values anyway)
+        engine.load_path = "reload"
+        engine.update_weights(old.items())
+        engine.load_path = "auto"
+        getattr(engine.llm.llm_engine.model_executor.driver_worker.worker, "_spro_staging", {}).clear()
         with pytest.raises(EngineError, match=left_out):
             engine.update_weights(weights.items())
         assert engine.last_load_path == "direct"
@@ -95,6 +99,7 @@ def test_linear_left_out_keeps_its_old_packed_values(engines, tiny_models, refer
         assert max_logprob_gap(reference, mixed, prompts, groups, TEMPERATURE) <= TOL
         assert max_logprob_gap(reference, new, prompts, groups, TEMPERATURE) > 1e-3
     finally:
+        engine.load_path = "auto"
         engine.update_weights(hf_state_dict(start).items())
 
 
