@@ -101,9 +101,9 @@ def load_direct(model: torch.nn.Module, weights: Iterable[tuple[str, torch.Tenso
     try:
         loaded = model.load_weights(weights)
     finally:
-        # repack even after a failed load (a packed layer must never keep its staging weight), but only layers
-        # whose weight arrived: one that got none keeps its packed old values (the engine reports the update
-        # incomplete), never a packing of a first-use staging buffer that holds no weights
+        # repack the layers whose weight arrived; one that got none (or every layer, if load_weights raised)
+        # keeps its packed old values and goes back to packed-only (the engine reports the update incomplete):
+        # never a packing of a first-use staging buffer that holds no weights
         names = {m: n for n, m in model.named_modules()}
         for layer in linears + heads:
             if f"{names[layer]}.weight" in loaded or layer in heads and _shares_loaded_weight(layer, model, loaded):
@@ -117,4 +117,4 @@ def load_direct(model: torch.nn.Module, weights: Iterable[tuple[str, torch.Tenso
 
 def _shares_loaded_weight(head: torch.nn.Module, model: torch.nn.Module, loaded: set[str]) -> bool:
     """A tied LM head loads nothing itself: it is stale when the parameter it shares was loaded."""
-    return any(p is head.weight and f"{n}" in loaded for n, p in model.named_parameters(remove_duplicate=False))
+    return any(p is head.weight and n in loaded for n, p in model.named_parameters(remove_duplicate=False))
