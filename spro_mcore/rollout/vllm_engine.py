@@ -3,9 +3,10 @@
 - Log-probs: the engine runs with `logprobs_mode="processed_logprobs"`, i.e. log_softmax of the logits after
   temperature (and top-k/top-p) — the distribution actually sampled from. vLLM's default, "raw_logprobs",
   is the untempered distribution and would differ from the trainer's at any temperature != 1.
-- Weight update: the worker's `reload_weights` via `SproWorkerExtension` (vLLM's `model.load_weights` fails
-  on the CPU backend, whose weights are prepacked), then `reset_prefix_cache()`: without it, prompts longer
-  than one KV block reuse activations of the old weights.
+- Weight update: the worker's `spro_reload_weights` (`SproWorkerExtension`): for an unquantized model the live
+  model's `load_weights` plus, on CPU, the repacking of linears and LM head (`vllm_direct_load.py`); vLLM's
+  `reload_weights` otherwise. Then `reset_prefix_cache()`: without it, prompts longer than one KV block reuse
+  activations of the old weights.
 - The engine gets no tokenizer: prompts are token ids, EOS ids come from the checkpoint's config.
 - Inside a torch.distributed job vLLM adopts the existing default process group as its world.
   - One-rank job: a plain in-process engine (VLLM_ENABLE_V1_MULTIPROCESSING=0). With engine_tp=1 the worker
@@ -123,6 +124,10 @@ class VllmEngine(Engine):
             raise EngineError(f"vllm colocated engine: could not start on {model_path!r}: {e}{hint}") from e
         self.vocab_size = self.llm.llm_engine.model_config.get_vocab_size()
         self.asleep = False
+        # the worker's update path: "auto" (direct where the model allows); tools/bench sets "reload" for its
+        # baseline row. last_load_path: the path the last update took.
+        self.load_path = "auto"
+        self.last_load_path: Optional[str] = None
 
     @classmethod
     def from_spec(cls, spec: EngineSpec) -> "VllmEngine":
@@ -165,16 +170,17 @@ class VllmEngine(Engine):
             buckets = meter.count(iter_buckets(self.delta.select(stream) if self.delta else stream, self.bucket_bytes))
             try:
                 if self.weight_sync == "tensors":
-                    # one reload over the whole stream: vLLM finalises each layer once all of it has arrived
-                    self.llm.collective_rpc("spro_reload_weights", kwargs={"weights_iterator": flatten(buckets)})
+                    # one load over the whole stream (a reload finalises each layer once all of it has arrived)
+                    kwargs = {"weights_iterator": flatten(buckets)}
                 elif self.delta is not None:
                     folder = write_delta_folder(buckets, self.sync_dir.path, self.delta)
-                    self.llm.collective_rpc("spro_reload_weights", kwargs={
-                        "weights_path": str(folder), "expect_version": self.delta.manifest().version})
-                    self.delta.commit()
+                    kwargs = {"weights_path": str(folder), "expect_version": self.delta.manifest().version}
                 else:
-                    folder = write_safetensors_folder(buckets, self.sync_dir.path)
-                    self.llm.collective_rpc("spro_reload_weights", kwargs={"weights_path": str(folder)})
+                    kwargs = {"weights_path": str(write_safetensors_folder(buckets, self.sync_dir.path))}
+                paths = self.llm.collective_rpc("spro_reload_weights", kwargs={**kwargs, "path": self.load_path})
+                self.last_load_path = paths[0]
+                if self.delta is not None:
+                    self.delta.commit()
             except Exception as e:
                 raise EngineError(f"vllm colocated engine: reloading weights failed: {e}") from e
             if not self.llm.reset_prefix_cache():

@@ -7,8 +7,12 @@ Rows (each the median of --repeats after one warm-up, interleaved so machine noi
   without an engine (--megatron);
 - hf: HfEngine.update_weights (bucketing, casting, copy into the HF model);
 - folder write: write_safetensors_folder to --sync-dir (the server-mode transport's first half);
-- vllm tensors / vllm folder: VllmEngine.update_weights in process (reload_weights + prefix-cache reset),
-  from tensors or through the safetensors folder (if vllm is installed);
+- vllm tensors / vllm folder: VllmEngine.update_weights in process (direct load into the live model, CPU
+  repacking, prefix-cache reset), from tensors or through the safetensors folder (if vllm is installed);
+  "... reload": the same through vLLM's `reload_weights` (the path before the direct load, and still the one
+  of quantized engines); column `repack s`: the part of the row spent in the CPU backend's oneDNN packing of
+  linears (`create_onednn_mm`), the rest being copies, allocation and Python;
+- megatron -> vllm: the Megatron export into the direct vllm tensors engine (--megatron, vllm installed);
 - folder delta 0% / N%: the delta folder transport (rollout.weight_sync_delta) writing a sync in which no
   tensor / the tensors of the first N% of layers changed (each call alternates between two such states), the
   sender's hashing of every tensor included; `MiB sent` shows the bytes each row moves.
@@ -60,6 +64,26 @@ def megatron_exporter(model_dir: Path):
     chunks, arch = load_model(str(model_dir))
     assert dist.get_world_size() == 1
     return lambda: export_hf_weights(chunks, arch, bucket_bytes=512 << 20)
+
+
+def time_repacking() -> list:
+    """A one-item list that accumulates the seconds spent in the CPU backend's oneDNN packing of linears
+    (vLLM's `create_onednn_mm`), which the caller resets; stays 0 where vLLM or that kernel is absent."""
+    spent = [0.0]
+    try:
+        import vllm._custom_ops as ops
+    except ImportError:
+        return spent
+    original = ops.create_onednn_mm
+
+    def timed(*a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return original(*a, **kw)
+        finally:
+            spent[0] += time.perf_counter() - t0
+    ops.create_onednn_mm = timed
+    return spent
 
 
 def main(argv=None) -> None:
@@ -133,24 +157,38 @@ def main(argv=None) -> None:
             print("vllm not installed: vllm rows skipped")
         else:
             for transport in ("tensors", "folder"):
-                eng = VllmEngine(str(model_dir), kv_cache_memory_bytes=64 << 20, max_model_len=2048,
-                                 bucket_bytes=args.bucket_bytes, weight_sync=transport)
-                engines.append(eng)
-                rows[f"vllm {transport}"] = (lambda e: lambda: e.update_weights(source.items()))(eng)
+                for path in ("reload", "auto"):
+                    eng = VllmEngine(str(model_dir), kv_cache_memory_bytes=64 << 20, max_model_len=2048,
+                                     bucket_bytes=args.bucket_bytes, weight_sync=transport)
+                    eng.load_path = path
+                    engines.append(eng)
+                    label = f"vllm {transport}" + (" reload" if path == "reload" else "")
+                    rows[label] = (lambda e: lambda: e.update_weights(source.items()))(eng)
+            if args.megatron:
+                direct = next(e for e in engines if e.weight_sync == "tensors" and e.load_path == "auto")
+                rows["megatron -> vllm"] = lambda: direct.update_weights(export())
+    repack = time_repacking()
 
     times = {name: [] for name in rows}
+    repack_times = {name: [] for name in rows}
     for name, fn in rows.items():  # warm-up (first-touch page faults, lazy imports)
         fn()
     for _ in range(args.repeats):
         for name, fn in rows.items():
+            repack[0] = 0.0
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
+            repack_times[name].append(repack[0])
+    for eng in engines:
+        assert eng.last_load_path == ("reload" if eng.load_path == "reload" else "direct"), eng.last_load_path
     base = statistics.median(times["memcpy"])
-    print(f"{'row':<20}{'median s':>10}{'MiB sent':>10}{'x memcpy':>10}")
+    print(f"{'row':<20}{'median s':>10}{'MiB sent':>10}{'x memcpy':>10}{'repack s':>10}")
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"{name:<20}{med:>10.4f}{sent.get(name, nbytes) / 2**20:>10.0f}{med / base:>10.2f}")
+        rep = statistics.median(repack_times[name])
+        print(f"{name:<20}{med:>10.4f}{sent.get(name, nbytes) / 2**20:>10.0f}{med / base:>10.2f}"
+              f"{rep:>10.4f}")
     for eng in engines:
         eng.close()
     hf.close()
