@@ -37,13 +37,22 @@ class _ChunkedLogprob(torch.autograd.Function):
         logp = hidden.new_empty(n, dtype=torch.float32)
         lse_all = torch.empty_like(logp)
         ez_all = torch.empty_like(logp) if with_entropy else None
+        # every target's logit on this rank (one rank, no entropy): the fused log_softmax path below
+        whole = (group is None and not with_entropy and vocab_start == 0
+                 and (n == 0 or int(targets.max()) < valid_rows))
         for lo in range(0, n, chunk):
             hi = min(lo + chunk, n)
             z = _logits(hidden[lo:hi], w, temperature)
+            if whole:  # one fused log_softmax pass (not max, sub, exp, sum); the backward's logsumexp is
+                # the target logit minus its log-prob
+                t = targets[lo:hi, None]
+                logp[lo:hi] = torch.log_softmax(z, -1).gather(1, t).squeeze(1)
+                torch.sub(z.gather(1, t).squeeze(1), logp[lo:hi], out=lse_all[lo:hi])
+                continue
             local_t = targets[lo:hi] - vocab_start
             inside = (local_t >= 0) & (local_t < valid_rows)
             rows = inside.nonzero().squeeze(-1)
-            m = z.max(-1).values if valid_rows > 0 else z.new_full((hi - lo,), float("-inf"))
+            m = torch.amax(z, -1) if valid_rows > 0 else z.new_full((hi - lo,), float("-inf"))
             _all_reduce(m, "max", group)
             stats = z.new_zeros(3 if with_entropy else 2, hi - lo)
             stats[1, rows] = z[rows, local_t[rows]]
@@ -96,7 +105,8 @@ class _ChunkedLogprob(torch.autograd.Function):
             local_t = targets[lo:hi] - vocab_start
             rows = ((local_t >= 0) & (local_t < valid_rows)).nonzero().squeeze(-1)
             g_z[rows, local_t[rows]] += gl[rows, 0]
-            g_z.div_(temperature)
+            if temperature != 1.0:
+                g_z.div_(temperature)
             g_hidden[lo:hi] = (g_z.to(w.dtype) @ w).to(hidden.dtype)
             g_w32.addmm_(g_z.t(), h.float())
             del g_z, p

@@ -213,6 +213,8 @@ def _patch_rope_concat() -> None:
         sin_ = (torch.sin(freqs) * mscale).to(t.dtype)
         half = rot_dim // 2
         if not rotary_interleaved and rot_dim % 2 == 0 and torch.equal(freqs[..., :half], freqs[..., half:]):
+            if not torch.is_grad_enabled():  # the log-prob passes: no autograd node to build
+                return _rotate_halves(t, cos_, sin_)
             return _RopeHalves.apply(t, cos_, sin_)
         return (t * cos_) + (rope_utils._rotate_half(t, rotary_interleaved) * sin_)
 
@@ -292,7 +294,10 @@ def _patch_swiglu() -> None:
         x, bias = self.linear_fc1(hidden_states)
         if bias is not None:
             x = x + bias
-        return self.linear_fc2(_SwiGLU.apply(x))
+        if torch.is_grad_enabled():
+            return self.linear_fc2(_SwiGLU.apply(x))
+        a, b = x.chunk(2, dim=-1)
+        return self.linear_fc2(torch.nn.functional.silu(a).mul_(b))  # no grad: the product in place
 
     _speed_patch(mlp.MLP, "forward", forward)
 

@@ -119,6 +119,9 @@ def test_rope_halves_bitwise_equal_to_megatron_values_and_grads():
     with without_speed_patches():
         ref, ref_ops = run(), ops()
     assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    with torch.no_grad():  # the log-prob passes' path (no autograd node)
+        no_grad = rope_utils._apply_rotary_pos_emb_bshd(mixed[..., d:2 * d], freqs, mscale=1.5)
+    assert torch.equal(no_grad, ref[0])
     x = mixed[..., d:2 * d]
     indep = x * (freqs.cos() * 1.5) + torch.cat((-x[..., d // 2:], x[..., :d // 2]), -1) * (freqs.sin() * 1.5)
     torch.testing.assert_close(got[0], indep, rtol=1e-6, atol=1e-6)
@@ -160,6 +163,8 @@ def test_swiglu_mlp_bitwise_equal_to_megatron_and_no_offset_pass():
     with without_speed_patches():
         ref, ref_ops = run(), ops()
     assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    with torch.no_grad():  # the log-prob passes' path (the product in place)
+        assert torch.equal(mlp.MLP.forward(module, x0)[0], ref[0])
     a, b = x0.double().chunk(2, -1)
     torch.testing.assert_close(got[0].double(), torch.nn.functional.silu(a) * b, rtol=1e-6, atol=1e-6)
     assert ref_ops.count("aten::add") >= 1 and "aten::cat" in ref_ops  # megatron's offset add, chunk backward
