@@ -37,17 +37,22 @@ class _ChunkedLogprob(torch.autograd.Function):
         logp = hidden.new_empty(n, dtype=torch.float32)
         lse_all = torch.empty_like(logp)
         ez_all = torch.empty_like(logp) if with_entropy else None
-        # every target's logit on this rank (one rank, no entropy): the fused log_softmax path below
-        whole = (group is None and not with_entropy and vocab_start == 0
-                 and (n == 0 or int(targets.max()) < valid_rows))
+        # the whole vocabulary on this rank (one rank): a fused log_softmax per chunk instead of separate max,
+        # sub, exp and sum passes; the same log-prob arithmetic with and without entropy (the policy's and the
+        # reference's passes agree exactly). The backward's statistics follow: logsumexp = target logit -
+        # log-prob, E_p[z] = logsumexp - entropy.
+        whole = group is None and vocab_start == 0 and (n == 0 or int(targets.max()) < valid_rows)
         for lo in range(0, n, chunk):
             hi = min(lo + chunk, n)
             z = _logits(hidden[lo:hi], w, temperature)
-            if whole:  # one fused log_softmax pass (not max, sub, exp, sum); the backward's logsumexp is
-                # the target logit minus its log-prob
+            if whole:
                 t = targets[lo:hi, None]
-                logp[lo:hi] = torch.log_softmax(z, -1).gather(1, t).squeeze(1)
+                logsm = torch.log_softmax(z, -1)
+                logp[lo:hi] = logsm.gather(1, t).squeeze(1)
                 torch.sub(z.gather(1, t).squeeze(1), logp[lo:hi], out=lse_all[lo:hi])
+                if with_entropy:  # -sum p log p without a [chunk, V] product temporary
+                    ent = torch.bmm(logsm.exp().unsqueeze(1), logsm.unsqueeze(2)).view(-1).neg_()
+                    torch.sub(lse_all[lo:hi], ent, out=ez_all[lo:hi])
                 continue
             local_t = targets[lo:hi] - vocab_start
             inside = (local_t >= 0) & (local_t < valid_rows)
