@@ -37,13 +37,30 @@ class _ChunkedLogprob(torch.autograd.Function):
         logp = hidden.new_empty(n, dtype=torch.float32)
         lse_all = torch.empty_like(logp)
         ez_all = torch.empty_like(logp) if with_entropy else None
+        # the whole vocabulary on this rank (one rank, CPU): a fused log_softmax per chunk, in place (no second
+        # [chunk, V] buffer), instead of separate max, sub, exp and sum passes; the same log-prob arithmetic
+        # with and without entropy (the policy's and the reference's passes agree exactly). The backward's
+        # statistics follow: logsumexp = target logit - log-prob, E_p[z] = logsumexp - entropy. CPU only: the
+        # in-place log_softmax is checked there (tests); elsewhere the general path below, as before.
+        whole = (group is None and vocab_start == 0 and hidden.device.type == "cpu"
+                 and (n == 0 or int(targets.max()) < valid_rows))
         for lo in range(0, n, chunk):
             hi = min(lo + chunk, n)
             z = _logits(hidden[lo:hi], w, temperature)
+            if whole:
+                t = targets[lo:hi, None]
+                zt = z.gather(1, t).squeeze(1)
+                logsm = torch.log_softmax(z, -1, out=z)
+                logp[lo:hi] = logsm.gather(1, t).squeeze(1)
+                torch.sub(zt, logp[lo:hi], out=lse_all[lo:hi])
+                if with_entropy:  # -sum p log p without a [chunk, V] product temporary
+                    ent = torch.bmm(logsm.exp().unsqueeze(1), logsm.unsqueeze(2)).view(-1).neg_()
+                    torch.sub(lse_all[lo:hi], ent, out=ez_all[lo:hi])
+                continue
             local_t = targets[lo:hi] - vocab_start
             inside = (local_t >= 0) & (local_t < valid_rows)
             rows = inside.nonzero().squeeze(-1)
-            m = z.max(-1).values if valid_rows > 0 else z.new_full((hi - lo,), float("-inf"))
+            m = torch.amax(z, -1) if valid_rows > 0 else z.new_full((hi - lo,), float("-inf"))
             _all_reduce(m, "max", group)
             stats = z.new_zeros(3 if with_entropy else 2, hi - lo)
             stats[1, rows] = z[rows, local_t[rows]]
@@ -96,7 +113,8 @@ class _ChunkedLogprob(torch.autograd.Function):
             local_t = targets[lo:hi] - vocab_start
             rows = ((local_t >= 0) & (local_t < valid_rows)).nonzero().squeeze(-1)
             g_z[rows, local_t[rows]] += gl[rows, 0]
-            g_z.div_(temperature)
+            if temperature != 1.0:
+                g_z.div_(temperature)
             g_hidden[lo:hi] = (g_z.to(w.dtype) @ w).to(hidden.dtype)
             g_w32.addmm_(g_z.t(), h.float())
             del g_z, p

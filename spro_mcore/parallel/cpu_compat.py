@@ -9,9 +9,10 @@ the distributed optimizer, dist_checkpointing) runs over gloo on CPU. It is
 - idempotent (a second call changes nothing).
 
 Each patch below names the megatron-core call sites (0.16.x; the same sites exist in 0.17-0.19) that need it.
-Two more are for speed only, value-identical (`_patch_linear_bias`, `_patch_rope_concat`): work the GPU path
-fuses away and a CPU op pays in full. Two are for start-up time only (`_megatron_import_without_compile`,
-`_patch_checkpoint_results_queue`): a CPU process pays them on every launch and runs nothing they buy.
+Three more are for speed only, the same values up to float rounding (`_patch_linear_bias`, `_patch_rope_concat`
+with `_RopeHalves`, `_patch_swiglu`): work the GPU path fuses away and a CPU op pays in full. Two are for
+start-up time only (`_megatron_import_without_compile`, `_patch_checkpoint_results_queue`): a CPU process pays
+them on every launch and runs nothing they buy.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ import importlib
 import logging
 import sys
 import types
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 log = logging.getLogger(__name__)
 
 _APPLIED = False
+# the speed patches as (owner, attribute, megatron-core's value, ours): `without_speed_patches` swaps them back
+_SPEED_PATCHES: list[tuple[Any, str, Any, Any]] = []
 
 # Modules that create tensors with a hard-coded `device="cuda"` (or call `torch.device("cuda", i)`,
 # `pin_memory=True`, `torch.cuda.get_rng_state`) through their module-level name `torch`. Each gets a view of
@@ -199,7 +202,8 @@ def _patch_sharded_tensor_init() -> None:
 def _patch_rope_concat() -> None:
     """Speed, not correctness: megatron's `_apply_rotary_pos_emb_bshd` ends with `torch.cat((t, t_pass))`
     even when no dimension passes through (every dense Llama/Qwen model), one full copy of q and of k per
-    layer that CPU ops pay in full. Skip the concatenation when `t_pass` is empty (same values)."""
+    layer that CPU ops pay in full. Skip the concatenation when `t_pass` is empty (same values). With the
+    usual duplicated-halves frequencies (non-interleaved) the rotation itself goes to `_RopeHalves`."""
     rope_utils = importlib.import_module("megatron.core.models.common.embeddings.rope_utils")
     orig = rope_utils._apply_rotary_pos_emb_bshd
 
@@ -209,13 +213,95 @@ def _patch_rope_concat() -> None:
             return orig(t, freqs, rotary_interleaved, multi_latent_attention, mscale)
         cos_ = (torch.cos(freqs) * mscale).to(t.dtype)
         sin_ = (torch.sin(freqs) * mscale).to(t.dtype)
+        half = rot_dim // 2
+        if not rotary_interleaved and rot_dim % 2 == 0 and torch.equal(freqs[..., :half], freqs[..., half:]):
+            if not torch.is_grad_enabled():  # the log-prob passes: no autograd node to build
+                return _rotate_halves(t, cos_, sin_)
+            return _RopeHalves.apply(t, cos_, sin_)
         return (t * cos_) + (rope_utils._rotate_half(t, rotary_interleaved) * sin_)
 
-    rope_utils._apply_rotary_pos_emb_bshd = apply_bshd
+    _speed_patch(rope_utils, "_apply_rotary_pos_emb_bshd", apply_bshd)
     for name in ("megatron.core.models.common.embeddings.rotary_pos_embedding",):
         module = importlib.import_module(name)
         if getattr(module, "_apply_rotary_pos_emb_bshd", None) is orig:
-            module._apply_rotary_pos_emb_bshd = apply_bshd
+            _speed_patch(module, "_apply_rotary_pos_emb_bshd", apply_bshd)
+
+
+def _rotate_halves(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin]: three passes instead of five (no neg, no cat), each
+    # value rounded exactly as in `x * cos + rotate_half(x) * sin` (no fused multiply-add)
+    half = t.shape[-1] // 2
+    out = t * cos
+    tmp = t * sin
+    out[..., :half].sub_(tmp[..., half:])  # not `-=`: its __setitem__ would copy the view onto itself
+    out[..., half:].add_(tmp[..., :half])
+    return out
+
+
+class _RopeHalves(torch.autograd.Function):
+    """RoPE for a duplicated-halves frequency vector (megatron's non-interleaved `cat((freqs, freqs))`). The
+    rotation is orthogonal: its backward is the rotation by -sin. Autograd of megatron's
+    `x*cos + cat(-x2, x1)*sin` runs chunk, neg, cat and their backwards (another cat) and saves x; this saves
+    only cos and sin."""
+
+    @staticmethod
+    def forward(ctx, t, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return _rotate_halves(t, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return _rotate_halves(grad, cos, -sin), None, None
+
+
+class _SwiGLU(torch.autograd.Function):
+    """silu(a) * b for x = [a, b] (megatron's fused fc1 output): the input gradient is written into one
+    [.., 2f] tensor (autograd's backward of `torch.chunk` is a `torch.cat` of the two halves' gradients)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        a, b = x.chunk(2, dim=-1)
+        silu_a = torch.nn.functional.silu(a)
+        ctx.save_for_backward(x, silu_a)
+        return silu_a * b
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, silu_a = ctx.saved_tensors
+        a, b = x.chunk(2, dim=-1)
+        grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        ga, gb = grad_x.chunk(2, dim=-1)
+        torch.mul(grad, silu_a, out=gb)
+        torch.ops.aten.silu_backward.grad_input(grad * b, a, grad_input=ga)
+        return grad_x
+
+
+def _patch_swiglu() -> None:
+    """Speed, not correctness: megatron's unfused gated MLP computes `silu(a) * (b + glu_linear_offset)`, a
+    full pass over b to add 0.0, and autograd's backward of its `torch.chunk` concatenates the two halves'
+    gradients (another pass). With the plain SwiGLU (offset 0, no clamp, no per-token scale, no fusion
+    configured) `_SwiGLU` computes the same values; anything else goes to megatron's forward."""
+    mlp = importlib.import_module("megatron.core.transformer.mlp")
+    orig = mlp.MLP.forward
+
+    def forward(self, hidden_states, per_token_scale=None, **kwargs):
+        c = self.config
+        if (per_token_scale is not None or kwargs or getattr(c, "use_te_activation_func", False)
+                or c.bias_activation_fusion or not c.gated_linear_unit
+                or c.activation_func is not torch.nn.functional.silu
+                or getattr(c, "activation_func_clamp_value", None) is not None
+                or getattr(c, "glu_linear_offset", 0.0) != 0.0):
+            return orig(self, hidden_states, per_token_scale, **kwargs)
+        x, bias = self.linear_fc1(hidden_states)
+        if bias is not None:
+            x = x + bias
+        if torch.is_grad_enabled():
+            return self.linear_fc2(_SwiGLU.apply(x))
+        a, b = x.chunk(2, dim=-1)
+        return self.linear_fc2(torch.nn.functional.silu(a).mul_(b))  # no grad: the product in place
+
+    _speed_patch(mlp.MLP, "forward", forward)
 
 
 def _patch_linear_bias() -> None:
@@ -245,7 +331,27 @@ def _patch_linear_bias() -> None:
         out = torch.addmm(bias, input.reshape(-1, input.shape[-1]), weight.t())
         return out.view(*input.shape[:-1], weight.shape[0])
 
-    fn.forward = staticmethod(layers.custom_fwd(forward)) if hasattr(layers, "custom_fwd") else staticmethod(forward)
+    _speed_patch(fn, "forward", staticmethod(layers.custom_fwd(forward)) if hasattr(layers, "custom_fwd")
+                 else staticmethod(forward))
+
+
+def _speed_patch(owner: Any, name: str, new: Any) -> None:
+    old = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)  # a staticmethod stays one
+    _SPEED_PATCHES.append((owner, name, old, new))
+    setattr(owner, name, new)
+
+
+@contextlib.contextmanager
+def without_speed_patches() -> Iterator[None]:
+    """megatron-core's own functions in place of the speed-only patches while inside (for the patched ==
+    unpatched tests and the benchmarks' A/B). Not thread-safe: it swaps process-wide attributes."""
+    for owner, name, old, _ in _SPEED_PATCHES:
+        setattr(owner, name, old)
+    try:
+        yield
+    finally:
+        for owner, name, _, new in _SPEED_PATCHES:
+            setattr(owner, name, new)
 
 
 @contextlib.contextmanager
@@ -314,6 +420,7 @@ def apply_cpu_compat(force: bool = False) -> bool:
     _patch_sharded_tensor_init()
     _patch_rope_concat()
     _patch_linear_bias()
+    _patch_swiglu()
     _patch_checkpoint_results_queue()
     _APPLIED = True
     log.debug("megatron-core CPU compatibility layer applied")

@@ -74,3 +74,28 @@ def test_bad_targets_rejected():
     hidden, weight, targets, _, _ = _case()
     with pytest.raises(ValueError, match="target token ids"):
         vocab_parallel_logprobs(hidden, weight, targets + 200, vocab_size=101)
+
+
+def test_one_rank_is_the_fused_log_softmax_same_logprobs_with_and_without_entropy():
+    """One rank: one fused log_softmax per chunk (no separate max/exp passes), log-probs bit for bit the same
+    with and without entropy (the policy's pass asks for entropy, the reference's does not: the first step's
+    KL is exactly 0), and equal to the full-logits reference with gradients (hidden and weight, temperature
+    1 and not; values ~10-30, so float32 sums round at ~1e-6 relative)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    hidden, weight, targets, wl, we = _case()
+    for temp in (1.0, 0.6):
+        fused = _grads(lambda: (vocab_parallel_logprobs(hidden, weight, targets, vocab_size=101, temperature=temp,
+                                                        chunk_tokens=16)[0], torch.zeros(())),
+                       hidden, weight, wl, we)
+        with_ent, _ = vocab_parallel_logprobs(hidden, weight, targets, vocab_size=101, temperature=temp,
+                                              chunk_tokens=16, with_entropy=True)
+        assert torch.equal(with_ent.detach(), fused[0])
+        ref = _grads(lambda: (reference_logprobs(hidden, weight, targets, vocab_size=101, temperature=temp)[0],
+                              torch.zeros(())), hidden, weight, wl, we)
+        for name, a, b in zip(("logp", "d hidden", "d weight"), fused[:1] + fused[2:], ref[:1] + ref[2:]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
+    with profile(activities=[ProfilerActivity.CPU]) as p, torch.no_grad():
+        vocab_parallel_logprobs(hidden, weight, targets, vocab_size=101, chunk_tokens=16)
+    names = [e.name for e in p.events()]
+    assert names.count("aten::_log_softmax") == 3 and "aten::exp_" not in names  # 37 tokens: 3 chunks

@@ -1,5 +1,9 @@
-"""The CPU layer's two speed patches (cpu_compat `_patch_linear_bias`, `_patch_rope_concat`): the same values
-and gradients as an independent reference, and the work they remove is really gone (profiled ops)."""
+"""The CPU layer's speed patches (cpu_compat `_patch_linear_bias`, `_patch_rope_concat` with `_RopeHalves`,
+`_patch_swiglu`): the same values and gradients as an independent reference and as megatron-core's own
+functions (`without_speed_patches`), and the work they remove is really gone (profiled ops). A whole
+Megatron model gives the same log-probs and gradients with and without them."""
+
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +18,15 @@ def _ops(fn) -> list[str]:
     with profile(activities=[ProfilerActivity.CPU]) as p:
         fn()
     return [e.name for e in p.events()]
+
+
+def _big_ops(fn, numel: int) -> list[str]:
+    """The ops with an input of at least `numel` elements (the activations, not cos/sin), and every cat (the
+    profiler records no shapes for tensor lists)."""
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as p:
+        fn()
+    return [e.name for e in p.events()
+            if e.name == "aten::cat" or any(isinstance(sh, list) and sh and torch.Size(sh).numel() >= numel for sh in e.input_shapes)]
 
 
 @needs_cpu_only
@@ -75,3 +88,142 @@ def test_rope_without_the_concat_same_values(interleaved):
     half = freqs[..., : d // 2]  # partial rotary: the pass-through half still comes back (megatron's path)
     got = rope_utils._apply_rotary_pos_emb_bshd(t, half, rotary_interleaved=interleaved)
     torch.testing.assert_close(got, reference(t, half), rtol=1e-6, atol=1e-6)
+
+
+@needs_cpu_only
+def test_rope_halves_bitwise_equal_to_megatron_values_and_grads():
+    """Megatron's frequencies (duplicated halves): the rotation without neg/cat rounds every value as
+    megatron's `x*cos + rotate_half(x)*sin` does, forward and backward, also on a strided view (key)."""
+    from spro_mcore.parallel.cpu_compat import without_speed_patches
+    from megatron.core.models.common.embeddings import rope_utils
+
+    g = torch.Generator().manual_seed(2)
+    s, b, n, d = 7, 2, 3, 8
+    mixed = torch.randn(s, b, n, 3 * d, generator=g)
+    f = torch.randn(s, 1, 1, d // 2, generator=g) * 5
+    freqs = torch.cat((f, f), dim=-1)  # as RotaryEmbedding.get_emb builds it
+    up = torch.randn(s, b, n, d, generator=g)
+
+    def run():
+        x = mixed.clone().requires_grad_(True)
+        out = rope_utils._apply_rotary_pos_emb_bshd(x[..., d:2 * d], freqs, mscale=1.5)  # a strided view
+        (out * up).sum().backward()
+        return out.detach(), x.grad
+
+    def ops():
+        x = mixed.clone().requires_grad_(True)
+        return _big_ops(lambda: (rope_utils._apply_rotary_pos_emb_bshd(x[..., d:2 * d], freqs) * up).sum().backward(),
+                        up.numel() // 2)
+
+    got, got_ops = run(), ops()
+    with without_speed_patches():
+        ref, ref_ops = run(), ops()
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    with torch.no_grad():  # the log-prob passes' path (no autograd node)
+        no_grad = rope_utils._apply_rotary_pos_emb_bshd(mixed[..., d:2 * d], freqs, mscale=1.5)
+    assert torch.equal(no_grad, ref[0])
+    x = mixed[..., d:2 * d]
+    indep = x * (freqs.cos() * 1.5) + torch.cat((-x[..., d // 2:], x[..., :d // 2]), -1) * (freqs.sin() * 1.5)
+    torch.testing.assert_close(got[0], indep, rtol=1e-6, atol=1e-6)
+    assert "aten::cat" in ref_ops and "aten::neg" in ref_ops  # megatron's rotate-half (and its backward)
+    assert "aten::cat" not in got_ops and "aten::neg" not in got_ops
+
+
+@needs_cpu_only
+def test_swiglu_mlp_bitwise_equal_to_megatron_and_no_offset_pass():
+    """megatron's unfused MLP with silu(a) * (b + 0.0): the patched MLP gives the same output and input
+    gradient bit for bit, without the add and without the backward's cat of the halves' gradients."""
+    from spro_mcore.parallel.cpu_compat import _SwiGLU, without_speed_patches
+    from megatron.core.transformer import mlp
+
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(5, 2, 2 * 12, generator=g)
+    up = torch.randn(5, 2, 12, generator=g)
+
+    class Linear:  # the MLP's linear layers as identities: the activation alone is under test
+        def __call__(self, x):
+            return x, None
+
+    config = SimpleNamespace(use_te_activation_func=False, bias_activation_fusion=False, gated_linear_unit=True,
+                             activation_func=torch.nn.functional.silu, activation_func_clamp_value=None,
+                             glu_linear_offset=0.0)
+    module = SimpleNamespace(config=config, linear_fc1=Linear(), linear_fc2=Linear())
+
+    def run():
+        x = x0.clone().requires_grad_(True)
+        out, _ = mlp.MLP.forward(module, x)
+        (out * up).sum().backward()
+        return out.detach(), x.grad
+
+    def ops():
+        x = x0.clone().requires_grad_(True)
+        return _ops(lambda: (mlp.MLP.forward(module, x)[0] * up).sum().backward())
+
+    got, got_ops = run(), ops()
+    with without_speed_patches():
+        ref, ref_ops = run(), ops()
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    with torch.no_grad():  # the log-prob passes' path (the product in place)
+        assert torch.equal(mlp.MLP.forward(module, x0)[0], ref[0])
+    a, b = x0.double().chunk(2, -1)
+    torch.testing.assert_close(got[0].double(), torch.nn.functional.silu(a) * b, rtol=1e-6, atol=1e-6)
+    assert ref_ops.count("aten::add") >= 1 and "aten::cat" in ref_ops  # megatron's offset add, chunk backward
+    assert "aten::add" not in got_ops and "aten::cat" not in got_ops
+    config.glu_linear_offset = 1.0  # a configuration the patch does not cover goes to megatron's forward
+    out, _ = mlp.MLP.forward(module, x0)
+    torch.testing.assert_close(out, torch.nn.functional.silu(x0[..., :12]) * (x0[..., 12:] + 1.0))
+    assert _SwiGLU.apply(x0).shape == (5, 2, 12)
+
+
+def _model_grads(hf_dir):
+    """Log-probs and every parameter's gradient of one forward+backward of a real Megatron model, padded and
+    packed (THD), with and without the speed patches."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from spro_mcore.models import load_model, make_forward_step
+    from spro_mcore.models.logprobs import build_packs
+    from spro_mcore.parallel import initialize_model_parallel
+    from spro_mcore.parallel.cpu_compat import without_speed_patches
+
+    initialize_model_parallel(1, 1)
+    chunks, arch = load_model(hf_dir)
+    ids = torch.randint(0, arch.vocab_size, (3, 20), generator=torch.Generator().manual_seed(4))
+    p, r = torch.tensor([3, 5, 1]), torch.tensor([17, 9, 19])
+    padded = [dict(input_ids=ids, prompt_lens=p, response_lens=r)]
+    packed, pack_len = build_packs(chunks, ids, p, r, [[0, 1, 2]])
+
+    def step(micro, seq, mbs):
+        for c in chunks:
+            c.zero_grad(set_to_none=True)
+        got = []
+
+        def loss_fn(mb, lp, ent):
+            got.append(lp.detach())
+            return (lp * torch.linspace(0.5, 1.5, lp.shape[1])).sum() + ent.sum(), {}
+
+        get_forward_backward_func()(
+            forward_step_func=make_forward_step(loss_fn, with_entropy=True), data_iterator=iter(micro),
+            model=chunks, num_microbatches=1, seq_length=seq, micro_batch_size=mbs, forward_only=False)
+        return [got[0]] + [q.grad.clone() for q in chunks[0].parameters()]
+
+    out = {}
+    for name, run in (("padded", lambda: step(padded, 20, 3)), ("packed", lambda: step(packed, pack_len, 1))):
+        out[name] = run()
+        with without_speed_patches():
+            out[name + "_unpatched"] = run()
+    return out
+
+
+@needs_cpu_only
+@pytest.mark.dist
+def test_model_patched_equals_unpatched(tmp_path):
+    from tests.models import tiny_hf
+    from tests.multiproc import run_in_processes
+
+    hf_dir = tiny_hf.make_tiny(str(tmp_path / "qwen2"), "qwen2", vocab=320)  # QKV bias: the addmm patch too
+    out = run_in_processes(_model_grads, 1, hf_dir)[0]
+    for name in ("padded", "packed"):
+        got, ref = out[name], out[name + "_unpatched"]
+        assert len(got) == len(ref) > 10 and ref[0].abs().max() > 0
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

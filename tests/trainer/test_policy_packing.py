@@ -2,7 +2,8 @@
 passes agree, the first update's PPO ratio is exactly 1, and the step's gradient (DDP's main_grad after
 `update`) is the same with packing on or off, for any number of micro-batches (token budget) and over two
 data-parallel ranks whose rows are spread by tokens (dp_balance.py), also when the ranks run different
-numbers of micro-batches or one holds a single row. Lengths are skewed like RL rollouts."""
+numbers of micro-batches or one holds a single row, and at TP=2 x DP=2 (4 processes; the gradients compared as
+full HF tensors). Lengths are skewed like RL rollouts."""
 
 import pytest
 import torch
@@ -32,20 +33,35 @@ def _batch(vocab):
     return batch, adv
 
 
-def _step(hf_dir, runs):
+def _hf_grads(actor) -> torch.Tensor:
+    """The step's gradient as full HF tensors (TP shards gathered, q/k/v and gate/up unpacked, vocab padding
+    dropped), flattened in name order: comparable across tensor-parallel sizes."""
+    from spro_mcore.models.weight_map import iter_rules, shards_to_hf
+    from spro_mcore.parallel import collectives
+
+    out = {}
+    for rule in iter_rules(actor.model):
+        g = rule.param.main_grad
+        shards = [g] if rule.kind == "replicated" or actor.layout.tp == 1 else collectives.all_gather(g, group="tp")
+        out.update(zip(rule.hf_names, shards_to_hf(rule.kind, shards, actor.arch)))
+    return torch.cat([out[k].flatten() for k in sorted(out)])
+
+
+def _step(hf_dir, runs, tp=1):
     import torch.distributed as dist
 
     from spro_mcore.config.schema import Config
     from spro_mcore.parallel import initialize_model_parallel, seed_everything
     from spro_mcore.trainer.policy.megatron_policy import MegatronPolicy
 
-    layout = initialize_model_parallel(1, 1)
+    layout = initialize_model_parallel(tp, 1)
     out = []
     for run in runs:  # (packing, budget[, rows per rank, mini-batches, lr])
         packing, budget, share, mini_batches, lr = (*run, None, 1, 1e-3)[:5] if len(run) == 2 else run
         seed_everything(3)
         cfg = Config()
         cfg.model.transformer_impl = "local"
+        cfg.parallel.tp = tp
         cfg.model.logprob_chunk_tokens = 7
         cfg.optim.use_distributed_optimizer, cfg.optim.clip_grad, cfg.optim.lr = False, 0.0, lr
         cfg.rollout.max_new_tokens, cfg.rollout.temperature = T, 0.9
@@ -72,7 +88,8 @@ def _step(hf_dir, runs):
             view = gather_replicas(batch, {}, layout.dp_rank)
             updates = [view.share(r, budget) for r in view.mini_batch_rows(mini_batches)]
             updates = [(s.rows, len(s.packs)) for s in updates]  # rows of the replicas' concatenation
-        out.append({"old": old, "ent": ent, "ref": ref, "metrics": metrics, "grads": grads, "rows": rows,
+        out.append({"old": old, "ent": ent, "ref": ref, "metrics": metrics, "grads": grads,
+                    "hf_grads": _hf_grads(actor), "rows": rows,
                     "n_packs": n_packs, "shares": updates})
         dist.barrier()
     return out
@@ -119,9 +136,15 @@ REF_OF = [0, 0, 1, 0]
 
 
 @pytest.fixture(scope="module")
-def dp_runs(hf_dir):
-    """Every data-parallel case in one 2-process job, their one-rank padded references in one 1-process job."""
-    single = run_in_processes(_step, 1, hf_dir, REF_RUNS)[0]
+def single_runs(hf_dir):
+    """The one-rank padded references (REF_RUNS) in one 1-process job."""
+    return run_in_processes(_step, 1, hf_dir, REF_RUNS)[0]
+
+
+@pytest.fixture(scope="module")
+def dp_runs(hf_dir, single_runs):
+    """Every data-parallel case in one 2-process job, with its one-rank padded reference."""
+    single = single_runs
     ranks = run_in_processes(_step, 2, hf_dir, DP_RUNS)
     return [single[i] for i in REF_OF], [[r[k] for r in ranks] for k in range(len(DP_RUNS))]
 
@@ -161,3 +184,27 @@ def test_balanced_over_two_data_parallel_ranks_equals_one(dp_runs, case):
     if case == 2:  # each single-row mini-batch: one rank computed it, the other ran its masked row
         for (rows0, _), (rows1, _) in zip(runs[0]["shares"][1:], runs[1]["shares"][1:]):
             assert sorted((len(rows0), len(rows1))) == [0, 1]
+
+
+def test_balanced_at_tp2_dp2_equals_one_process(hf_dir, single_runs):
+    """TP=2 x DP=2 (4 processes), packed, rows spread by tokens over the two replicas (65 vs 14 tokens given,
+    so the balanced shares differ in pack count): each rank's log-probs and the step's full gradient equal
+    the single-process padded step on the whole batch; the first ratio is exactly 1."""
+    single = single_runs[0]
+    ranks = [r[0] for r in run_in_processes(_step, 4, hf_dir, [DP_RUNS[1]], 2)]
+    # ranks 0, 1 are the first replica's TP group, 2, 3 the second's (Megatron's default order: tp fastest)
+    assert ranks[0]["rows"] == ranks[1]["rows"] != ranks[2]["rows"] == ranks[3]["rows"]
+    assert ranks[0]["shares"] == ranks[1]["shares"] and ranks[2]["shares"] == ranks[3]["shares"]
+    assert len(ranks[0]["shares"][0][0]) + len(ranks[2]["shares"][0][0]) == len(PROMPT)
+    assert ranks[0]["shares"][0][1] != ranks[2]["shares"][0][1]  # unequal micro-batch counts did not hang
+    assert single["hf_grads"].abs().max() > 1e-3
+    for run in ranks:
+        assert run["grads"].numel() < single["grads"].numel()  # really sharded
+        at = [single["rows"].index(r) for r in run["rows"]]
+        for k in ("old", "ent", "ref"):
+            torch.testing.assert_close(run[k], single[k][at][:, :run[k].shape[1]], rtol=0, atol=1e-5, msg=k)
+        torch.testing.assert_close(run["hf_grads"], single["hf_grads"], rtol=1e-5, atol=1e-6)
+        assert run["metrics"]["ppo/approx_kl"] == 0.0 and abs(run["metrics"]["ppo/ratio_mean"] - 1.0) < 1e-7
+        assert run["metrics"]["perf/dp_token_imbalance"] < 1.05
+        for k in ("loss/policy", "loss/kl", "entropy/mean"):
+            assert abs(run["metrics"][k] - single["metrics"][k]) <= 1e-5 * max(1.0, abs(single["metrics"][k])), k
