@@ -7,7 +7,7 @@ source "$root/scripts/setup_env.sh" test
 cd "$root"
 export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 set +e
-python -m pytest -q -ra --durations=15 "$@"
+python -m pytest -q -ra --durations=30 "$@"
 rc=$?
 set -e
 # pytest exits 5 when it collected nothing: that is a failure here, not a pass.
