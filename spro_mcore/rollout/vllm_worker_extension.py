@@ -59,16 +59,15 @@ class SproWorkerExtension:
 def _folder_weights(folder: str):
     """The tensors of a safetensors folder (the sync transports write one), file by file: the files its index
     names when it has one (a delta folder's index is the truth), else every *.safetensors file."""
-    import json
     from pathlib import Path
 
     from vllm.model_executor.model_loader.weight_utils import safetensors_weights_iterator
 
-    from spro_mcore.rollout.weight_sync_folder import INDEX_NAME
+    from spro_mcore.rollout.weight_sync_folder import read_index
 
-    index = Path(folder) / INDEX_NAME
-    if index.exists():
-        files = sorted({str(Path(folder) / f) for f in json.loads(index.read_text())["weight_map"].values()})
+    index = read_index(folder)
+    if index is not None:
+        files = sorted({str(Path(folder) / f) for f in index["weight_map"].values()})
     else:
         files = sorted(str(p) for p in Path(folder).glob("*.safetensors"))
     if not files:

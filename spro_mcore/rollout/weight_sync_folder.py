@@ -21,6 +21,14 @@ INDEX_NAME = "model.safetensors.index.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
+def read_index(folder: str | os.PathLike) -> Optional[dict]:
+    """The folder's HF index file, parsed (None: the folder has none)."""
+    try:
+        return json.loads((Path(folder) / INDEX_NAME).read_text())
+    except FileNotFoundError:
+        return None
+
+
 def default_sync_dir(tag: str) -> Path:
     """A per-process folder in /dev/shm (RAM) when it exists, else in the temp directory."""
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) else Path(

@@ -26,21 +26,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from spro_mcore.rollout.weight_sync_delta import DeltaError, DeltaSender, Manifest, tensor_digest
-from spro_mcore.rollout.weight_sync_folder import INDEX_NAME, install_folder
+from spro_mcore.rollout.weight_sync_folder import INDEX_NAME, install_folder, read_index
 
 META_KEY = "spro_weight_sync"
 
 
-def _read_index(folder: Path) -> Optional[dict]:
-    try:
-        return json.loads((folder / INDEX_NAME).read_text())
-    except FileNotFoundError:
-        return None
-
-
 def folder_version(folder: str | os.PathLike) -> Optional[int]:
     """The sync version a delta folder holds (None: no delta folder there)."""
-    index = _read_index(Path(folder))
+    index = read_index(Path(folder))
     meta = (index or {}).get("metadata", {}).get(META_KEY)
     return None if meta is None else int(meta["manifest"]["version"])
 
@@ -64,8 +57,9 @@ def write_delta_folder(buckets: Iterable[list[tuple[str, torch.Tensor]]], folder
             raise DeltaError(f"weight sync delta: the folder {folder} holds version {held}, the trainer's delta "
                              f"builds on {base}; sync in full")
         target = folder
-        meta = _read_index(folder)["metadata"][META_KEY]
-        weight_map, nbytes = dict(_read_index(folder)["weight_map"]), dict(meta["nbytes"])
+        index = read_index(folder)
+        meta = index["metadata"][META_KEY]
+        weight_map, nbytes = dict(index["weight_map"]), dict(meta["nbytes"])
     version = sender.version + 1
     n = 0
     for bucket in buckets:
@@ -100,7 +94,7 @@ def write_delta_folder(buckets: Iterable[list[tuple[str, torch.Tensor]]], folder
 def verify_delta_folder(folder: str | os.PathLike, version: int) -> Manifest:
     """The receiving side's check before loading `folder` as sync `version` (DeltaError names what is wrong)."""
     folder = Path(folder)
-    index = _read_index(folder)
+    index = read_index(folder)
     meta = (index or {}).get("metadata", {}).get(META_KEY)
     if meta is None:
         raise DeltaError(f"weight sync delta: {folder} has no delta index ({INDEX_NAME} with {META_KEY!r})")

@@ -3,7 +3,6 @@ reference run (the async resume tests: hf engine, fp32, so equal means bit for b
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -13,6 +12,7 @@ import time
 from pathlib import Path
 
 from spro_mcore.trainer.checkpoint import files
+from tests.trainer.e2e_helpers import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 VOLATILE = ("time/", "weight_sync/seconds")  # timings: never equal between two runs
@@ -35,14 +35,9 @@ def run(out: Path, args: list[str], **hooks: str) -> subprocess.CompletedProcess
     return p
 
 
-def raw_rows(out: Path) -> dict[int, dict]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {r["step"]: r for r in rows}
-
-
 def rows(out: Path) -> dict[int, dict]:
     """Every metrics row without its timings."""
-    return {s: {k: v for k, v in r.items() if not k.startswith(VOLATILE)} for s, r in raw_rows(out).items()}
+    return {s: {k: v for k, v in r.items() if not k.startswith(VOLATILE)} for s, r in metrics(out).items()}
 
 
 def weights(out: Path) -> dict:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from spro_mcore.trainer.checkpoint import files
-from tests.trainer.kill9_helpers import assert_equal_runs, kill_inside_the_step_after, raw_rows, rows, run
+from tests.trainer.e2e_helpers import metrics
+from tests.trainer.kill9_helpers import assert_equal_runs, kill_inside_the_step_after, rows, run
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +37,7 @@ def test_kill9_resume_of_bounded_equals_the_run_that_drops_what_was_generated_ah
     assert all(ref_rows[s]["rollout/dropped_stale"] == 0.0 for s in (1, 2, 3, 4))
 
     out = tmp_path / "run"
-    kill_inside_the_step_after(tmp_path, out, ARGS, RESUME_AT, raw_rows(ref)[3]["time/step"], **PIN)
+    kill_inside_the_step_after(tmp_path, out, ARGS, RESUME_AT, metrics(ref)[3]["time/step"], **PIN)
     r = run(out, ARGS, **PIN)  # no drop hook: the resume itself loses what was generated ahead
     assert f"resumed from {out / 'checkpoints' / files.step_name(RESUME_AT)}" in r.stderr
     assert_equal_runs(ref, out)

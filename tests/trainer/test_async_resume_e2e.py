@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from spro_mcore.trainer.checkpoint import files
-from tests.trainer.kill9_helpers import assert_equal_runs, kill_inside_the_step_after, raw_rows, rows, run
+from tests.trainer.e2e_helpers import metrics
+from tests.trainer.kill9_helpers import assert_equal_runs, kill_inside_the_step_after, rows, run
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +30,7 @@ def test_kill9_resume_of_one_step_off_equals_the_run_that_drops_the_prefetched_r
     assert ref_rows[3]["rollout/staleness_max"] == 0.0  # the dropped prefetch, regenerated with version 2
 
     out = tmp_path / "run"
-    kill_inside_the_step_after(tmp_path, out, ARGS, RESUME_AT, raw_rows(ref)[3]["time/step"])
+    kill_inside_the_step_after(tmp_path, out, ARGS, RESUME_AT, metrics(ref)[3]["time/step"])
     r = run(out, ARGS)  # no hook: the resume itself drops the prefetched rollout
     assert f"resumed from {out / 'checkpoints' / files.step_name(RESUME_AT)}" in r.stderr
     assert_equal_runs(ref, out)

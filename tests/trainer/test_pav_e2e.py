@@ -101,9 +101,8 @@ def test_pav_tp2_first_step_equals_single_process(verifier, verifier_run, tmp_pa
 
 
 def test_pav_mc_kill9_resume_is_bit_identical(mc_runs, tmp_path):
-    from safetensors.torch import load_file
-
     from spro_mcore.trainer.checkpoint import files
+    from tests.trainer.kill9_helpers import assert_equal_runs
 
     args = [*MC, "algo.pav_prover=current"]
     ref, out = mc_runs["current"], tmp_path / "run"
@@ -126,11 +125,7 @@ def test_pav_mc_kill9_resume_is_bit_identical(mc_runs, tmp_path):
     assert files.step_of(files.read_latest(out / "checkpoints")) < 3
     r = train(out, *args)
     assert "resumed from" in r.stderr
-    a, b = load_file(str(ref / "hf_final" / "model.safetensors")), load_file(str(out / "hf_final" / "model.safetensors"))
-    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
-    volatile = ("time/", "weight_sync/seconds")
-    strip = lambda m: {s: {k: v for k, v in r.items() if not k.startswith(volatile)} for s, r in m.items()}
-    assert strip(metrics(ref)) == strip(metrics(out))
+    assert_equal_runs(ref, out)  # final weights and every non-timing metrics row, bit for bit
     assert metrics(ref)[3]["pav/prover_tokens"] > 0
 
 
