@@ -129,14 +129,16 @@ def pick_reference(name: str, cells: dict[str, dict]) -> Optional[str]:
     return next((n for n, c in cells.items() if is_reference(c["algo"]) and outside_algo(c) == want), None)
 
 
-def summarize_cell(runs: dict[int, Rows], walls: dict[int, float], samples_per_step: int = 0) -> dict[str, Any]:
+def summarize_cell(runs: dict[int, Rows], walls: dict[int, float], samples_per_step: int = 0,
+                   metric: str = "eval/acc") -> dict[str, Any]:
     """A cell's own statistics over its complete seeds (``runs``: seed -> rows; ``walls``: seed -> seconds;
-    ``samples_per_step``: prompts x responses per prompt, for the token cost)."""
-    acc = curve(runs, "eval/acc")
+    ``samples_per_step``: prompts x responses per prompt, for the token cost; ``metric``: the accuracy the
+    "acc" fields, the target and the paired difference are about)."""
+    acc = curve(runs, metric)
     pk_name = next((m for m in map(pass_at_k_metric, runs.values()) if m), None)
     pk = curve(runs, pk_name) if pk_name else None
     final_step = acc["steps"][-1] if acc["steps"] else None
-    final_acc = {s: series(rows, "eval/acc")[final_step] for s, rows in runs.items()} if final_step is not None else {}
+    final_acc = {s: series(rows, metric)[final_step] for s, rows in runs.items()} if final_step is not None else {}
     fa_mean, fa_ci = mean_ci95(list(final_acc.values()))
     pk_mean, pk_ci = (mean_ci95([series(rows, pk_name)[pk["steps"][-1]] for rows in runs.values()])
                       if pk and pk["steps"] else (None, None))
@@ -145,7 +147,9 @@ def summarize_cell(runs: dict[int, Rows], walls: dict[int, float], samples_per_s
         vals = [v for v in (fn(rows) for rows in runs.values()) if v is not None]
         return mean(vals) if vals else None
 
+    greedy = curve(runs, "eval/acc") if metric != "eval/acc" else None
     return {
+        "metric": metric,
         "seeds": sorted(runs),
         "final_step": final_step,
         "final_acc_mean": fa_mean,
@@ -160,7 +164,7 @@ def summarize_cell(runs: dict[int, Rows], walls: dict[int, float], samples_per_s
         "msa_to_outcome_ratio_mean": over_seeds(msa_to_outcome_ratio),
         "wall_s_mean": mean(walls.values()) if walls else None,
         "wall_s_total": sum(walls.values()) if walls else None,
-        "curves": {"eval/acc": acc, **({pk_name: pk} if pk else {})},
+        "curves": {metric: acc, **({"eval/acc": greedy} if greedy else {}), **({pk_name: pk} if pk else {})},
         # cumulative cost at every evaluated step (seed means), for tokens- and seconds-to-target
         "cost_at_eval": {str(step): cost_at(runs, samples_per_step, step) for step in acc["steps"]},
     }
@@ -179,7 +183,8 @@ def compare_with_reference(cell: dict[str, Any], ref: Optional[dict[str, Any]]) 
     if ref is None or ref["best_acc_mean"] is None:
         return out
     target = ref["best_acc_mean"]
-    acc, ref_acc = cell["curves"]["eval/acc"], ref["curves"]["eval/acc"]
+    metric = cell.get("metric", "eval/acc")
+    acc, ref_acc = cell["curves"][metric], ref["curves"][metric]
     mine = steps_to_target(acc["steps"], acc["mean"], target)
     theirs = steps_to_target(ref_acc["steps"], ref_acc["mean"], target)
     seeds = sorted(set(cell["final_acc_per_seed"]) & set(ref["final_acc_per_seed"]), key=int)

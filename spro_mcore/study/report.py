@@ -14,7 +14,7 @@ from typing import Any, Optional
 from spro_mcore.config import load_config
 from spro_mcore.study.aggregate import compare_with_reference, pick_reference, summarize_cell
 from spro_mcore.study.runner import read_marker, run_wall_s
-from spro_mcore.study.spec import Study, format_value
+from spro_mcore.study.spec import METRICS, Study, format_value
 
 PLOTS = ("acc_vs_step.png", "pass_at_k_vs_step.png", "final.png")
 
@@ -32,7 +32,7 @@ def build_summary(study: Study) -> dict[str, Any]:
         runs[cell.name] = {s: _rows(study.run_dir(cell, s)) for s in done}
         walls[cell.name] = {s: run_wall_s(study.run_dir(cell, s)) for s in done}
         samples[cell.name] = cfg.rollout.n * cfg.data.prompts_per_step
-        stats[cell.name] = summarize_cell(runs[cell.name], walls[cell.name], samples[cell.name])
+        stats[cell.name] = summarize_cell(runs[cell.name], walls[cell.name], samples[cell.name], study.metric)
     cells = []
     for cell in study.cells:
         ref = pick_reference(cell.name, info)
@@ -40,7 +40,8 @@ def build_summary(study: Study) -> dict[str, Any]:
         # the comparison uses the seeds both cells completed (the seed also draws the eval problems, so a
         # target set on other seeds is another exam)
         common = sorted(set(runs[cell.name]) & set(runs[ref])) if ref else []
-        ref_stats = (summarize_cell({k: runs[ref][k] for k in common}, {k: walls[ref][k] for k in common}, samples[ref])
+        ref_stats = (summarize_cell({k: runs[ref][k] for k in common}, {k: walls[ref][k] for k in common}, samples[ref],
+                                    study.metric)
                      if ref and common else None)
         cells.append({
             "name": cell.name,
@@ -49,13 +50,14 @@ def build_summary(study: Study) -> dict[str, Any]:
             **s,
             "reference": ref,
             **compare_with_reference(summarize_cell({k: runs[cell.name][k] for k in common}, {k: walls[cell.name][k] for k in common},
-                                                    samples[cell.name]) if common else s, ref_stats),
+                                                    samples[cell.name], study.metric) if common else s, ref_stats),
         })
     return {
         "study_file": str(study.path),
         "base": str(study.base),
         "seeds": study.seeds,
         "overrides": study.overrides,
+        "metric": study.metric,
         "runs_complete": sum(len(c["seeds"]) for c in cells),
         "runs_planned": len(study.cells) * len(study.seeds),
         "cells": cells,
@@ -90,7 +92,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
         L.append(f"| {c['name']} | {ov} | {done} | {_minutes(c['wall_s_mean'])} | {c['reference'] or '–'} |")
     pk = next((c["pass_at_k_metric"] for c in cells if c["pass_at_k_metric"]), None) or "pass@k"
     L += ["", "## Results", "",
-          "Final = the last evaluated step (held-out greedy accuracy); intervals are 95% t-intervals over seeds. "
+          f"Accuracy is the study's metric, `{summary['metric']}`: {METRICS[summary['metric']]}. "
+          "Final = the last evaluated step; intervals are 95% t-intervals over seeds. "
           "Steps-to-target: the first evaluated step at which the cell's seed-mean accuracy reaches the "
           "reference's best seed-mean accuracy, both over the seeds the two cells completed (the seed also draws "
           "the held-out problems); efficiency = reference steps / cell steps. Paired difference: "
@@ -119,7 +122,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
         L.append(f"| {c['name']} | {reached} | {_fmt(c['tokens_to_target'], 0)} | {_fmt(c['reference_tokens_to_target'], 0)} "
                  f"| {_fmt(c['token_efficiency_ratio'], 2)} | {_fmt(c['seconds_to_target'], 0)} "
                  f"| {_fmt(c['reference_seconds_to_target'], 0)} |")
-    L += ["", "## Plots", "", *(f"![{p}]({p})" for p in PLOTS), "",
+    plots = PLOTS + (("greedy_acc_vs_step.png",) if summary["metric"] != "eval/acc" else ())
+    L += ["", "## Plots", "", *(f"![{p}]({p})" for p in plots), "",
           "## Reproduce one run", "",
           "Each run is `spro-mcore train --config <base> <study overrides> <cell's grid values> trainer.seed=<seed>`; "
           "the trainer is deterministic on CPU, so the same command gives the same metrics.", ""]
@@ -135,8 +139,11 @@ def draw_plots(summary: dict[str, Any], out: Path) -> list[Path]:
     cells = [c for c in summary["cells"] if c["seeds"]]
     paths = []
     pk = next((c["pass_at_k_metric"] for c in cells if c["pass_at_k_metric"]), None)
-    for fname, metric, title in (("acc_vs_step.png", "eval/acc", "held-out greedy accuracy"),
-                                 ("pass_at_k_vs_step.png", pk, f"held-out {(pk or 'pass@k').removeprefix('eval/')}")):
+    plots = [("acc_vs_step.png", summary["metric"], METRICS[summary["metric"]].split(" (")[0]),
+             ("pass_at_k_vs_step.png", pk, f"held-out {(pk or 'pass@k').removeprefix('eval/')}")]
+    if summary["metric"] != "eval/acc":  # greedy accuracy is drawn too, beside the metric cells are ranked by
+        plots.append(("greedy_acc_vs_step.png", "eval/acc", METRICS["eval/acc"]))
+    for fname, metric, title in plots:
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for c in cells:
             cv = c["curves"].get(metric) if metric else None
@@ -159,7 +166,7 @@ def draw_plots(summary: dict[str, Any], out: Path) -> list[Path]:
     err = [[m - c["final_acc_ci95"][0] if c["final_acc_ci95"] else 0 for m, c in zip(means, cells)],
            [c["final_acc_ci95"][1] - m if c["final_acc_ci95"] else 0 for m, c in zip(means, cells)]]
     a1.bar(names, means, yerr=err, capsize=4, color="tab:blue", alpha=0.7)
-    a1.set(title="final held-out accuracy (95% interval)", ylabel="accuracy")
+    a1.set(title=f"final {summary['metric'].removeprefix('eval/')} (95% interval)", ylabel="accuracy")
     a2.bar(names, [c["msa_to_outcome_ratio_mean"] or 0 for c in cells], color="tab:orange", alpha=0.7)
     a2.set(title="MSA term / outcome term (|advantage| ratio)", ylabel="ratio")
     for a in (a1, a2):

@@ -4,6 +4,8 @@
     output_dir: outputs/studies/beta          # runs go to <output_dir>/runs/<cell>/seed_<seed>/
     seeds: [1, 2, 3]                          # each becomes trainer.seed
     overrides: {trainer.total_steps: 60}      # section.key applied to every cell
+    metric: eval/acc                          # what cells are ranked by (default): held-out greedy accuracy,
+                                              # or eval/sampled_acc (pass@1 at the rollout temperature; eval_n >= 2)
     grid:                                     # section.key -> values, crossed into cells ...
       algo.estimator: [grpo, spro]
       algo.beta: [0.1, 1.0]
@@ -27,7 +29,10 @@ import yaml
 from spro_mcore.config import load_config
 from spro_mcore.config.load import SCHEMA_KEYS, ConfigError, _unknown_key_error
 
-STUDY_KEYS = ("base", "output_dir", "seeds", "overrides", "grid")
+STUDY_KEYS = ("base", "output_dir", "seeds", "overrides", "grid", "metric")
+# the held-out accuracies the trainer's evaluation logs (trainer/evaluate.py): greedy, and the mean over the
+# eval_n samples drawn at the rollout temperature (pass@1 of the sampling policy, the quantity RL optimises)
+METRICS = {"eval/acc": "held-out greedy accuracy", "eval/sampled_acc": "held-out sampled accuracy (pass@1)"}
 SET_BY_STUDY = ("trainer.seed", "trainer.output_dir")  # the runner sets these per run
 
 
@@ -49,6 +54,7 @@ class Study:
     seeds: list[int]
     overrides: dict[str, Any]
     cells: list[Cell] = field(default_factory=list)
+    metric: str = "eval/acc"
 
     def run_dir(self, cell: Cell, seed: int) -> Path:
         return self.output_dir / "runs" / cell.name / f"seed_{seed}"
@@ -122,12 +128,12 @@ def _apply_cli(raw: dict, items: list[str]) -> dict:
         if not sep:
             raise StudyError(f"argument '{item}' is not of the form key=value")
         parsed = yaml.safe_load(value) if value else ""
-        if key in ("base", "output_dir", "seeds"):
+        if key in ("base", "output_dir", "seeds", "metric"):
             raw[key] = parsed
         elif "." in key:
             raw["overrides"] = {**(raw.get("overrides") or {}), key: parsed}
         else:
-            raise StudyError(f"argument '{item}': expected base=, output_dir=, seeds=[...] or section.key=value")
+            raise StudyError(f"argument '{item}': expected base=, output_dir=, seeds=[...], metric= or section.key=value")
     return raw
 
 
@@ -154,6 +160,9 @@ def load_study(path: str | Path, cli: list[str] = ()) -> Study:
         raise StudyError(f"study 'seeds' must be a list of integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise StudyError(f"study 'seeds' has duplicates: {seeds}")
+    metric = raw.get("metric") or "eval/acc"
+    if metric not in METRICS:
+        raise StudyError(f"study 'metric' {metric!r}: expected one of {', '.join(METRICS)}")
     overrides = raw.get("overrides") or {}
     if not isinstance(overrides, dict):
         raise StudyError(f"study 'overrides' must be a mapping of section.key to a value, got {overrides!r}")
@@ -163,7 +172,7 @@ def load_study(path: str | Path, cli: list[str] = ()) -> Study:
     if len(set(names)) != len(names):
         raise StudyError(f"study grid: two cells share the name {next(n for n in names if names.count(n) > 1)!r}")
     study = Study(path=path, base=Path(raw["base"]), output_dir=Path(raw["output_dir"]), seeds=list(seeds),
-                  overrides=overrides, cells=cells)
+                  overrides=overrides, cells=cells, metric=metric)
     if not study.base.is_file():
         raise StudyError(f"study 'base': trainer config not found: {study.base}")
     for cell in cells:  # every run's config must load before anything runs
@@ -171,4 +180,9 @@ def load_study(path: str | Path, cli: list[str] = ()) -> Study:
             load_config(study.base, study.train_overrides(cell, seeds[0]))
         except ConfigError as e:
             raise StudyError(f"study cell '{cell.name}': {e}") from None
+    if metric == "eval/sampled_acc":  # logged only when evaluation samples
+        for cell in cells:
+            if load_config(study.base, study.train_overrides(cell, seeds[0])).trainer.eval_n < 2:
+                raise StudyError(f"study 'metric' eval/sampled_acc needs trainer.eval_n >= 2 (cell '{cell.name}' "
+                                 "samples no evaluation responses)")
     return study

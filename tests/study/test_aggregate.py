@@ -116,3 +116,21 @@ def test_tokens_and_seconds_to_target_by_hand():
     assert c["reference_tokens_to_target"] == pytest.approx(480.0) and c["reference_seconds_to_target"] == pytest.approx(8.0)
     assert c["token_efficiency_ratio"] == pytest.approx(480.0 / 720.0)
     assert cell["cost_at_eval"]["0"] == (0.0, 0.0)
+
+
+def test_the_study_metric_drives_final_target_and_paired_difference():
+    """metric=eval/sampled_acc: the same hand computation as above on the sampled accuracy, while greedy
+    accuracy (which goes the other way here) is kept as a curve only."""
+    def both(sampled, greedy):
+        return [{"step": s, "eval/sampled_acc": a, "eval/acc": greedy[s]} for s, a in sampled.items()]
+
+    g = {0: 0.9, 10: 0.5, 20: 0.1}
+    ref = summarize_cell({1: both({0: 0.2, 10: 0.5, 20: 0.6}, g), 2: both({0: 0.4, 10: 0.5, 20: 0.6}, g)}, {1: 1.0, 2: 1.0},
+                         metric="eval/sampled_acc")
+    cell = summarize_cell({1: both({0: 0.2, 10: 0.6, 20: 0.8}, g), 2: both({0: 0.4, 10: 0.7, 20: 0.6}, g)}, {1: 1.0, 2: 1.0},
+                          metric="eval/sampled_acc")
+    assert cell["metric"] == "eval/sampled_acc" and cell["final_acc_mean"] == pytest.approx(0.7)
+    assert cell["curves"]["eval/acc"]["mean"] == pytest.approx([0.9, 0.5, 0.1])
+    c = compare_with_reference(cell, ref)
+    assert (c["target_acc"], c["steps_to_target"], c["reference_steps_to_target"]) == (pytest.approx(0.6), 10, 20)
+    assert c["paired_diff_mean"] == pytest.approx(0.1)

@@ -41,6 +41,13 @@ def test_named_list_and_command_line_values(tmp_path):
     assert "algo.std_normalize=false" in study.train_overrides(study.cells[1], 7)
 
 
+def test_metric_defaults_to_greedy_and_can_be_set(tmp_path):
+    grid = {"algo.beta": [1]}
+    assert load_study(write(tmp_path, grid=grid)).metric == "eval/acc"
+    assert load_study(write(tmp_path, grid=grid, metric="eval/sampled_acc")).metric == "eval/sampled_acc"
+    assert load_study(write(tmp_path, grid=grid), ["metric=eval/sampled_acc"]).metric == "eval/sampled_acc"
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"grid": {"algo.betta": [0.1]}}, "study grid: unknown config key 'algo.betta'; did you mean 'algo.beta'?"),
     ({"grid": {}}, "study 'grid' is empty"),
@@ -55,6 +62,9 @@ def test_named_list_and_command_line_values(tmp_path):
     ({"grid": {"algo.beta": [1]}, "seeds": [1, "x"]}, "'seeds' must be a list of integers"),
     ({"grid": {"algo.beta": [1]}, "overrides": {"optim.learning_rate": 1}}, "study overrides: unknown config key 'optim.learning_rate'"),
     ({"grid": {"algo.beta": [1]}, "base": "nope.yaml"}, "trainer config not found: nope.yaml"),
+    ({"grid": {"algo.beta": [1]}, "metric": "eval/pass@4"}, "study 'metric' 'eval/pass@4': expected one of eval/acc, eval/sampled_acc"),
+    ({"grid": {"algo.beta": [1]}, "metric": "eval/sampled_acc", "overrides": {"trainer.eval_n": 1}},
+     "eval/sampled_acc needs trainer.eval_n >= 2 (cell 'beta-1'"),
 ])
 def test_bad_study_files_fail_with_one_line(tmp_path, fields, message):
     with pytest.raises(StudyError) as e:

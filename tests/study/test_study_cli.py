@@ -188,7 +188,8 @@ def test_aggregate_of_synthetic_metrics_files_equals_hand_computation(tmp_path):
         for seed in study.seeds:
             d = study.run_dir(cell, seed)
             d.mkdir(parents=True)
-            rows = [{"step": s, "eval/acc": a, "eval/pass@2": a} for s, a in enumerate(acc[cell.name][seed])]
+            rows = [{"step": s, "eval/acc": a, "eval/pass@2": a, "eval/sampled_acc": round(1 - a, 6)}
+                    for s, a in enumerate(acc[cell.name][seed])]
             for r in rows[1:]:
                 r.update({"adv/grpo_abs_mean": 0.5, "adv/msa_abs_mean": 0.1 if cell.name == "spro" else 0.0,
                           "entropy/mean": 0.3, "response_length/mean": 20.0})
@@ -223,3 +224,12 @@ def test_aggregate_of_synthetic_metrics_files_equals_hand_computation(tmp_path):
     # the target is GRPO's best seed mean over the seeds both cells completed (1, 2: 0.55, not 0.6 over three)
     assert spro["target_acc"] == pytest.approx(0.55)
     assert (spro["steps_to_target"], spro["reference_steps_to_target"]) == (1, 2)
+    # metric=eval/sampled_acc (here 1 - greedy): the same runs ranked by the sampled accuracy
+    r = study_cli(study_file, "--report-only", "metric=eval/sampled_acc", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    spro = summary["cells"][1]
+    assert summary["metric"] == "eval/sampled_acc" and spro["final_acc_mean"] == pytest.approx(1 - 0.7)
+    assert spro["paired_diff_mean"] == pytest.approx(-0.15)  # seeds 1, 2: (0.4 - 0.5 + 0.2 - 0.4) / 2
+    assert (tmp_path / "out" / "greedy_acc_vs_step.png").read_bytes()[:4] == b"\x89PNG"
+    assert "`eval/sampled_acc`: held-out sampled accuracy" in (tmp_path / "out" / "report.md").read_text()
