@@ -1,7 +1,8 @@
 """The prompt set of a PAV command: the configured data (data.source) in file order, the first `count` prompts.
 
-The synthetic task is written to `<folder>/synthetic_<split>.jsonl` (deterministic from trainer.seed, as in
-training) and read back like any user file, so the prompts are exactly the trainer's.
+The synthetic task (data.synthetic_task) is written to `<folder>/synthetic_<split>.jsonl` (deterministic from
+trainer.seed, as in training: `trainer/prompts.py`) and read back like any user file, so the prompts are
+exactly the trainer's.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from spro_mcore.config.schema import Config
 from spro_mcore.data import PromptItem, load_prompt_dataset
-from spro_mcore.data.synthetic_arithmetic import write_split_jsonl
+from spro_mcore.data.synthetic_tasks import write_task_split_jsonl
 from spro_mcore.errors import UserError
 
 
@@ -23,7 +24,9 @@ def prompt_set_id(cfg: Config, split: str) -> str:
             raise UserError("data.source=file: set data.eval_path for the held-out prompts")
         return str(Path(path).resolve())
     size = d.synthetic_train_size if split == "train" else d.synthetic_eval_size
-    return f"synthetic:{split}:{size}:seed={cfg.trainer.seed}"
+    # the quickstart task keeps the id collections were made with before tasks had names
+    task = "" if d.synthetic_task == "arithmetic" else f"{d.synthetic_task}:"
+    return f"synthetic:{task}{split}:{size}:seed={cfg.trainer.seed}"
 
 
 def load_prompt_set(cfg: Config, tokenizer, folder: str | Path, *, split: str, count: int) -> list[PromptItem]:
@@ -34,7 +37,7 @@ def load_prompt_set(cfg: Config, tokenizer, folder: str | Path, *, split: str, c
     else:
         size = d.synthetic_train_size if split == "train" else d.synthetic_eval_size
         path = Path(folder) / f"synthetic_{split}.jsonl"
-        write_split_jsonl(path, split, size, seed=cfg.trainer.seed)
+        write_task_split_jsonl(path, d.synthetic_task, split, size, seed=cfg.trainer.seed)
     template = {"auto": None, "always": True, "never": False}[d.chat_template]
     dataset = load_prompt_dataset(path, tokenizer, prompt_key=d.prompt_key, messages_key=d.messages_key,
                                   answer_key=d.answer_key, max_prompt_length=d.max_prompt_tokens,
