@@ -153,6 +153,7 @@ def draw_plots(summary: dict[str, Any], out: Path) -> list[Path]:
             if all(v is not None for v in cv["ci95_low"]):
                 ax.fill_between(cv["steps"], cv["ci95_low"], cv["ci95_high"], color=line.get_color(), alpha=0.15)
         ax.set(title=f"{title}: seed mean, 95% interval", xlabel="step", ylabel=title.split(" ")[-1])
+        ax.set_ylim(-0.02, 1.02)  # accuracies: a two-seed interval (t = 12.7) would otherwise set the scale
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
