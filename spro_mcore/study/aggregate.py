@@ -183,8 +183,7 @@ def compare_with_reference(cell: dict[str, Any], ref: Optional[dict[str, Any]]) 
     if ref is None or ref["best_acc_mean"] is None:
         return out
     target = ref["best_acc_mean"]
-    metric = cell.get("metric", "eval/acc")
-    acc, ref_acc = cell["curves"][metric], ref["curves"][metric]
+    acc, ref_acc = cell["curves"][cell["metric"]], ref["curves"][cell["metric"]]
     mine = steps_to_target(acc["steps"], acc["mean"], target)
     theirs = steps_to_target(ref_acc["steps"], ref_acc["mean"], target)
     seeds = sorted(set(cell["final_acc_per_seed"]) & set(ref["final_acc_per_seed"]), key=int)

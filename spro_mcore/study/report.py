@@ -16,7 +16,15 @@ from spro_mcore.study.aggregate import compare_with_reference, pick_reference, s
 from spro_mcore.study.runner import read_marker, run_wall_s
 from spro_mcore.study.spec import METRICS, Study, format_value
 
-PLOTS = ("acc_vs_step.png", "pass_at_k_vs_step.png", "final.png")
+
+def _curve_plots(summary: dict[str, Any]) -> list[tuple[str, Optional[str], str]]:
+    """(file name, metric, title) of each curve plot; final.png (the bar charts) comes after them."""
+    pk = next((c["pass_at_k_metric"] for c in summary["cells"] if c["seeds"] and c["pass_at_k_metric"]), None)
+    plots = [("acc_vs_step.png", summary["metric"], METRICS[summary["metric"]].split(" (")[0]),
+             ("pass_at_k_vs_step.png", pk, f"held-out {(pk or 'pass@k').removeprefix('eval/')}")]
+    if summary["metric"] != "eval/acc":  # greedy accuracy is drawn too, beside the metric cells are ranked by
+        plots.append(("greedy_acc_vs_step.png", "eval/acc", METRICS["eval/acc"]))
+    return plots
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -122,7 +130,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         L.append(f"| {c['name']} | {reached} | {_fmt(c['tokens_to_target'], 0)} | {_fmt(c['reference_tokens_to_target'], 0)} "
                  f"| {_fmt(c['token_efficiency_ratio'], 2)} | {_fmt(c['seconds_to_target'], 0)} "
                  f"| {_fmt(c['reference_seconds_to_target'], 0)} |")
-    plots = PLOTS + (("greedy_acc_vs_step.png",) if summary["metric"] != "eval/acc" else ())
+    plots = [name for name, _, _ in _curve_plots(summary)] + ["final.png"]
     L += ["", "## Plots", "", *(f"![{p}]({p})" for p in plots), "",
           "## Reproduce one run", "",
           "Each run is `spro-mcore train --config <base> <study overrides> <cell's grid values> trainer.seed=<seed>`; "
@@ -138,12 +146,7 @@ def draw_plots(summary: dict[str, Any], out: Path) -> list[Path]:
 
     cells = [c for c in summary["cells"] if c["seeds"]]
     paths = []
-    pk = next((c["pass_at_k_metric"] for c in cells if c["pass_at_k_metric"]), None)
-    plots = [("acc_vs_step.png", summary["metric"], METRICS[summary["metric"]].split(" (")[0]),
-             ("pass_at_k_vs_step.png", pk, f"held-out {(pk or 'pass@k').removeprefix('eval/')}")]
-    if summary["metric"] != "eval/acc":  # greedy accuracy is drawn too, beside the metric cells are ranked by
-        plots.append(("greedy_acc_vs_step.png", "eval/acc", METRICS["eval/acc"]))
-    for fname, metric, title in plots:
+    for fname, metric, title in _curve_plots(summary):
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for c in cells:
             cv = c["curves"].get(metric) if metric else None

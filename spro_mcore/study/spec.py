@@ -177,12 +177,10 @@ def load_study(path: str | Path, cli: list[str] = ()) -> Study:
         raise StudyError(f"study 'base': trainer config not found: {study.base}")
     for cell in cells:  # every run's config must load before anything runs
         try:
-            load_config(study.base, study.train_overrides(cell, seeds[0]))
+            cfg = load_config(study.base, study.train_overrides(cell, seeds[0]))
         except ConfigError as e:
             raise StudyError(f"study cell '{cell.name}': {e}") from None
-    if metric == "eval/sampled_acc":  # logged only when evaluation samples
-        for cell in cells:
-            if load_config(study.base, study.train_overrides(cell, seeds[0])).trainer.eval_n < 2:
-                raise StudyError(f"study 'metric' eval/sampled_acc needs trainer.eval_n >= 2 (cell '{cell.name}' "
-                                 "samples no evaluation responses)")
+        if metric == "eval/sampled_acc" and cfg.trainer.eval_n < 2:  # logged only when evaluation samples
+            raise StudyError(f"study 'metric' eval/sampled_acc needs trainer.eval_n >= 2 (cell '{cell.name}' "
+                             "samples no evaluation responses)")
     return study
