@@ -11,6 +11,11 @@ from __future__ import annotations
 from spro_mcore.data.rows import DataError, PromptRow
 
 
+def template_setting(setting: str) -> bool | None:
+    """``data.chat_template`` (auto | always | never) as the flag the functions below take."""
+    return {"auto": None, "always": True, "never": False}[setting]
+
+
 def uses_chat_template(tokenizer, chat_template: bool | None = None) -> bool:
     """``chat_template``: True forces it (error if the tokenizer has none), False disables it, None = auto."""
     has = getattr(tokenizer, "chat_template", None) is not None

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from spro_mcore.config.schema import Config
 from spro_mcore.data import PromptItem, load_prompt_dataset
+from spro_mcore.data.render import template_setting
 from spro_mcore.data.synthetic_tasks import write_task_split_jsonl
 from spro_mcore.errors import UserError
 
@@ -38,7 +39,7 @@ def load_prompt_set(cfg: Config, tokenizer, folder: str | Path, *, split: str, c
         size = d.synthetic_train_size if split == "train" else d.synthetic_eval_size
         path = Path(folder) / f"synthetic_{split}.jsonl"
         write_task_split_jsonl(path, d.synthetic_task, split, size, seed=cfg.trainer.seed)
-    template = {"auto": None, "always": True, "never": False}[d.chat_template]
+    template = template_setting(d.chat_template)
     dataset = load_prompt_dataset(path, tokenizer, prompt_key=d.prompt_key, messages_key=d.messages_key,
                                   answer_key=d.answer_key, max_prompt_length=d.max_prompt_tokens,
                                   chat_template=template)

@@ -67,7 +67,7 @@ def score_texts(models, tokenizer, rows: list[dict], *, splitter: str, use_templ
 def score_main(config_path, overrides) -> int:
     from transformers import AutoTokenizer
 
-    from spro_mcore.data.render import uses_chat_template
+    from spro_mcore.data.render import template_setting, uses_chat_template
     from spro_mcore.parallel import destroy
     from spro_mcore.pav.verifier import load_verifier, read_verifier_config
     from spro_mcore.trainer.run import start
@@ -85,7 +85,7 @@ def score_main(config_path, overrides) -> int:
     cfg, layout = start(config_path, overrides)
     try:
         tokenizer = AutoTokenizer.from_pretrained(p.verifier_dir)
-        template = uses_chat_template(tokenizer, {"auto": None, "always": True, "never": False}[cfg.data.chat_template])
+        template = uses_chat_template(tokenizer, template_setting(cfg.data.chat_template))
         chunks, _, _ = load_verifier(p.verifier_dir, cfg.model)
         scored = score_texts(chunks, tokenizer, rows, splitter=p.splitter, use_template=template, prover=p.prover,
                              prover_k=p.prover_k)

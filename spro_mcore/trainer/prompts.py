@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 from spro_mcore.config.schema import Config
 from spro_mcore.data import PromptItem, PromptIterator, load_prompt_dataset
+from spro_mcore.data.render import template_setting
 from spro_mcore.data.synthetic_tasks import write_task_split_jsonl
 from spro_mcore.parallel import collectives
 from spro_mcore.parallel.distributed import Layout
@@ -53,7 +54,7 @@ def _data_files(cfg: Config, layout: Layout) -> tuple[str, str]:
 def build_prompt_sources(cfg: Config, tokenizer, layout: Layout) -> tuple[PromptSource, list[PromptItem]]:
     d = cfg.data
     train_path, eval_path = _data_files(cfg, layout)
-    template = {"auto": None, "always": True, "never": False}[d.chat_template]
+    template = template_setting(d.chat_template)
 
     def load(path):
         return load_prompt_dataset(path, tokenizer, prompt_key=d.prompt_key, messages_key=d.messages_key,
