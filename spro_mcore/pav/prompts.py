@@ -16,27 +16,32 @@ from spro_mcore.data.synthetic_tasks import write_task_split_jsonl
 from spro_mcore.errors import UserError
 
 
-def prompt_set_id(cfg: Config, split: str) -> str:
-    """What names the prompt set in manifests: the file's absolute path, or the synthetic split's recipe."""
+def _split(cfg: Config, split: str) -> tuple[str | None, int]:
+    """The split's file (data.source=file) or, for the synthetic task, None and the split's size."""
     d = cfg.data
     if d.source == "file":
-        path = d.train_path if split == "train" else d.eval_path
-        if not path:
-            raise UserError("data.source=file: set data.eval_path for the held-out prompts")
+        key = "train_path" if split == "train" else "eval_path"
+        if not getattr(d, key):
+            raise UserError(f"data.source=file: set data.{key} for the {split} prompts")
+        return getattr(d, key), 0
+    return None, d.synthetic_train_size if split == "train" else d.synthetic_eval_size
+
+
+def prompt_set_id(cfg: Config, split: str) -> str:
+    """What names the prompt set in manifests: the file's absolute path, or the synthetic split's recipe."""
+    path, size = _split(cfg, split)
+    if path is not None:
         return str(Path(path).resolve())
-    size = d.synthetic_train_size if split == "train" else d.synthetic_eval_size
     # the quickstart task keeps the id collections were made with before tasks had names
-    task = "" if d.synthetic_task == "arithmetic" else f"{d.synthetic_task}:"
+    task = "" if cfg.data.synthetic_task == "arithmetic" else f"{cfg.data.synthetic_task}:"
     return f"synthetic:{task}{split}:{size}:seed={cfg.trainer.seed}"
 
 
 def load_prompt_set(cfg: Config, tokenizer, folder: str | Path, *, split: str, count: int) -> list[PromptItem]:
     """The first `count` prompts of the split (train | test); the synthetic task is written under `folder`."""
     d = cfg.data
-    if d.source == "file":
-        path = d.train_path if split == "train" else d.eval_path
-    else:
-        size = d.synthetic_train_size if split == "train" else d.synthetic_eval_size
+    path, size = _split(cfg, split)
+    if path is None:
         path = Path(folder) / f"synthetic_{split}.jsonl"
         write_task_split_jsonl(path, d.synthetic_task, split, size, seed=cfg.trainer.seed)
     template = template_setting(d.chat_template)
