@@ -5,17 +5,19 @@ to an uninterrupted run (the prover's continuations are seeded from the checkpoi
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.pav.random_verifier import make_random_verifier
-from tests.trainer.e2e_helpers import metrics, train
+from tests.trainer.e2e_helpers import QUICKSTART, ROOT, SMALL, metrics, train
 
 pytestmark = pytest.mark.e2e
 
@@ -138,3 +140,19 @@ def test_initial_prover_stays_frozen_while_the_current_one_moves(mc_runs):
     assert [a[1][k] for k in key] == [b[1][k] for k in key]
     assert a[2]["response_length/mean"] == b[2]["response_length/mean"]  # the same rollouts at step 2...
     assert (a[2]["pav/prover_tokens"], a[2]["adv/msa_abs_mean"]) != (b[2]["pav/prover_tokens"], b[2]["adv/msa_abs_mean"])
+
+
+def test_progress_agreement_tool_runs(verifier, tmp_path):
+    """tools/pav_progress_agreement.py (verifier vs Monte-Carlo progress on one batch) calls the trainer's
+    internals; it broke once unnoticed when their signatures changed. One small batch, both sources."""
+    cmd = [sys.executable, str(ROOT / "tools" / "pav_progress_agreement.py"), "--config", str(QUICKSTART), *SMALL,
+           f"trainer.output_dir={tmp_path / 'run'}", f"algo.pav_path={verifier}", "algo.pav_n_mc=1",
+           "data.prompts_per_step=2", "rollout.n=2"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout[r.stdout.index("{"):])
+    assert out["responses"] == 4 and out["steps"] >= 4 and out["n_mc"] == 1
+    assert out["pav/verifier_tokens"] > 0 and out["pav/prover_tokens"] > 0
+    for k in ("mean_abs_progress_diff_all_steps", "mean_abs_progress_verifier", "mean_abs_progress_mc"):
+        assert math.isfinite(out[k]) and out[k] >= 0
