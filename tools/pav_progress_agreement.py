@@ -38,9 +38,9 @@ def main() -> None:
         parts = build_components(cfg, layout)
         trainer = Trainer(cfg, layout, parts)
         prompts = parts.prompts.next_batch(layout)
-        groups = trainer._generate(prompts, 0)
-        rewards, _ = trainer._score(prompts, groups)
-        batch = trainer._build_batch(prompts, groups, rewards, 0, 0)
+        batch = trainer._produce(0, 0, prompts).batch  # the trainer's own rollout of step 0: sample, score, batch
+        if isinstance(batch, Exception):
+            raise batch
         ver, ver_cost = VerifierProcessReward(cfg, parts.tokenizer)(batch, prompts, 0)
         mc, mc_cost = MonteCarloProcessReward(cfg, layout, parts.tokenizer, parts.engine, parts.scorer)(batch, prompts, 0)
         k = cfg.algo.pav_prover_k

@@ -19,6 +19,14 @@ SMALL = [
 ]
 
 
+def subprocess_env(nproc: int = 1) -> dict[str, str]:
+    """This environment without the torchrun variables of an enclosing launch, one thread per rank."""
+    torchrun_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in torchrun_vars}
+    env["OMP_NUM_THREADS"] = "1" if nproc > 1 else os.environ.get("OMP_NUM_THREADS", "2")
+    return env
+
+
 def train(out_dir: Path, *overrides: str, nproc: int = 1, timeout: float = 420, config: Path = QUICKSTART,
           check: bool = True) -> subprocess.CompletedProcess:
     args = ["train", "--config", str(config), f"trainer.output_dir={out_dir}", *SMALL, *overrides]
@@ -29,9 +37,7 @@ def train(out_dir: Path, *overrides: str, nproc: int = 1, timeout: float = 420, 
 
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                "--master-port", str(free_port()), "-m", "spro_mcore.cli", *args]
-    torchrun_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    env = {k: v for k, v in os.environ.items() if k not in torchrun_vars}
-    env["OMP_NUM_THREADS"] = "1" if nproc > 1 else os.environ.get("OMP_NUM_THREADS", "2")
+    env = subprocess_env(nproc)
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if check and r.returncode != 0:
         raise AssertionError(f"train exited {r.returncode}\n--- stderr (tail) ---\n{r.stderr[-4000:]}")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.pav.random_verifier import make_random_verifier
-from tests.trainer.e2e_helpers import QUICKSTART, ROOT, SMALL, metrics, train
+from tests.trainer.e2e_helpers import QUICKSTART, ROOT, SMALL, metrics, subprocess_env, train
 
 pytestmark = pytest.mark.e2e
 
@@ -148,8 +148,7 @@ def test_progress_agreement_tool_runs(verifier, tmp_path):
     cmd = [sys.executable, str(ROOT / "tools" / "pav_progress_agreement.py"), "--config", str(QUICKSTART), *SMALL,
            f"trainer.output_dir={tmp_path / 'run'}", f"algo.pav_path={verifier}", "algo.pav_n_mc=1",
            "data.prompts_per_step=2", "rollout.n=2"]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout[r.stdout.index("{"):])
     assert out["responses"] == 4 and out["steps"] >= 4 and out["n_mc"] == 1
