@@ -285,9 +285,10 @@ def _patch_swiglu() -> None:
     mlp = importlib.import_module("megatron.core.transformer.mlp")
     orig = mlp.MLP.forward
 
+    # **kwargs: TransformerLayer passes `padding_mask` (MoE routing); megatron's dense MLP ignores it, as here
     def forward(self, hidden_states, per_token_scale=None, **kwargs):
         c = self.config
-        if (per_token_scale is not None or kwargs or getattr(c, "use_te_activation_func", False)
+        if (per_token_scale is not None or getattr(c, "use_te_activation_func", False)
                 or c.bias_activation_fusion or not c.gated_linear_unit
                 or c.activation_func is not torch.nn.functional.silu
                 or getattr(c, "activation_func_clamp_value", None) is not None

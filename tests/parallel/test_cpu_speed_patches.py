@@ -206,9 +206,16 @@ def _model_grads(hf_dir):
             model=chunks, num_microbatches=1, seq_length=seq, micro_batch_size=mbs, forward_only=False)
         return [got[0]] + [q.grad.clone() for q in chunks[0].parameters()]
 
+    # the patches must engage inside the real layers (TransformerLayer calls the MLP with padding_mask=...)
+    from spro_mcore.parallel import cpu_compat
+
+    swiglu, calls = cpu_compat._SwiGLU.forward, []
+    cpu_compat._SwiGLU.forward = staticmethod(lambda ctx, x: calls.append(1) or swiglu(ctx, x))
     out = {}
     for name, run in (("padded", lambda: step(padded, 20, 3)), ("packed", lambda: step(packed, pack_len, 1))):
+        n = len(calls)
         out[name] = run()
+        out[name + "_swiglu_calls"] = len(calls) - n
         with without_speed_patches():
             out[name + "_unpatched"] = run()
     return out
@@ -223,6 +230,7 @@ def test_model_patched_equals_unpatched(tmp_path):
     hf_dir = tiny_hf.make_tiny(str(tmp_path / "qwen2"), "qwen2", vocab=320)  # QKV bias: the addmm patch too
     out = run_in_processes(_model_grads, 1, hf_dir)[0]
     for name in ("padded", "packed"):
+        assert out[name + "_swiglu_calls"] == 2  # one per layer of the tiny model
         got, ref = out[name], out[name + "_unpatched"]
         assert len(got) == len(ref) > 10 and ref[0].abs().max() > 0
         for a, b in zip(got, ref):
