@@ -13,6 +13,10 @@ Padded vocabulary rows (beyond the real vocab) are excluded. The backward recomp
 
     d logp / dz    = onehot(target) - p
     d entropy / dz = -p (z - E_p[z])
+
+One exception, on one CPU rank: when a micro-batch's whole log-softmax fits in `KEEP_LOGITS_BYTES` (small
+vocabularies: the tests, the quickstart), it is kept for the backward instead of recomputed; the recompute
+GEMM is then the largest cost of the head (~5 ms of a 2k-token pass of the bench's tiny Qwen2).
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ import torch.distributed as dist
 
 from spro_mcore.parallel import collectives
 
+# below this many bytes of [N, V] fp32 log-softmax, one CPU rank keeps it for the backward (see above)
+KEEP_LOGITS_BYTES = 32 * 2**20
+
 
 def _all_reduce(t: torch.Tensor, op: str, group) -> torch.Tensor:
     return t if group is None else collectives.all_reduce(t, op, group)
@@ -31,7 +38,8 @@ def _all_reduce(t: torch.Tensor, op: str, group) -> torch.Tensor:
 
 class _ChunkedLogprob(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, vocab_start, valid_rows, temperature, chunk, with_entropy, group):
+    def forward(ctx, hidden, weight, targets, vocab_start, valid_rows, temperature, chunk, with_entropy, group,
+                for_backward):
         n = hidden.shape[0]
         w = weight[:valid_rows]
         logp = hidden.new_empty(n, dtype=torch.float32)
@@ -44,6 +52,10 @@ class _ChunkedLogprob(torch.autograd.Function):
         # in-place log_softmax is checked there (tests); elsewhere the general path below, as before.
         whole = (group is None and vocab_start == 0 and hidden.device.type == "cpu"
                  and (n == 0 or int(targets.max()) < valid_rows))
+        keep = for_backward and whole and n * valid_rows * 4 <= KEEP_LOGITS_BYTES
+        if keep:  # one chunk: its log-softmax is what the backward needs
+            chunk = max(n, 1)
+        kept = None
         for lo in range(0, n, chunk):
             hi = min(lo + chunk, n)
             z = _logits(hidden[lo:hi], w, temperature)
@@ -51,6 +63,7 @@ class _ChunkedLogprob(torch.autograd.Function):
                 t = targets[lo:hi, None]
                 zt = z.gather(1, t).squeeze(1)
                 logsm = torch.log_softmax(z, -1, out=z)
+                kept = logsm if keep else None
                 logp[lo:hi] = logsm.gather(1, t).squeeze(1)
                 torch.sub(zt, logp[lo:hi], out=lse_all[lo:hi])
                 if with_entropy:  # -sum p log p without a [chunk, V] product temporary
@@ -81,14 +94,16 @@ class _ChunkedLogprob(torch.autograd.Function):
             if with_entropy:
                 ez_all[lo:hi] = stats[2] / stats[0]
         entropy = lse_all - ez_all if with_entropy else logp.new_empty(0)
-        ctx.save_for_backward(hidden, weight, targets, lse_all, ez_all if with_entropy else lse_all.new_empty(0))
+        ctx.save_for_backward(hidden, weight, targets, lse_all, ez_all if with_entropy else lse_all.new_empty(0),
+                              kept if kept is not None else lse_all.new_empty(0))
+        ctx.kept = kept is not None
         ctx.args = (vocab_start, valid_rows, temperature, chunk, with_entropy)
         ctx.set_materialize_grads(False)
         return logp, entropy
 
     @staticmethod
     def backward(ctx, g_logp, g_ent):
-        hidden, weight, targets, lse_all, ez_all = ctx.saved_tensors
+        hidden, weight, targets, lse_all, ez_all, kept = ctx.saved_tensors
         vocab_start, valid_rows, temperature, chunk, with_entropy = ctx.args
         use_ent = with_entropy and g_ent is not None
         n = hidden.shape[0]
@@ -100,9 +115,13 @@ class _ChunkedLogprob(torch.autograd.Function):
         for lo in range(0, n, chunk):
             hi = min(lo + chunk, n)
             h = hidden[lo:hi]
-            z = _logits(h, w, temperature)
-            p = z - lse_all[lo:hi, None]
-            p.exp_()
+            if ctx.kept:  # z = log-softmax + logsumexp, without the GEMM (the saved tensor is not modified)
+                p = kept[lo:hi].exp()
+                z = kept[lo:hi] + lse_all[lo:hi, None] if use_ent else None
+            else:
+                z = _logits(h, w, temperature)
+                p = z - lse_all[lo:hi, None]
+                p.exp_()
             gl = g_logp[lo:hi, None].float()
             if use_ent:  # g_z = -p * (g_logp + g_ent * (z - E[z]))
                 z.sub_(ez_all[lo:hi, None]).mul_(g_ent[lo:hi, None].float()).add_(gl).mul_(p).neg_()
@@ -120,7 +139,7 @@ class _ChunkedLogprob(torch.autograd.Function):
             del g_z, p
         g_weight = torch.zeros_like(weight)
         g_weight[:valid_rows] = g_w32.to(weight.dtype)
-        return g_hidden, g_weight, None, None, None, None, None, None, None
+        return g_hidden, g_weight, None, None, None, None, None, None, None, None
 
 
 def _logits(h: torch.Tensor, w: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -156,7 +175,8 @@ def vocab_parallel_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets:
 
         hidden = copy_to_tensor_model_parallel_region(hidden, group=tp_group)
     logp, ent = _ChunkedLogprob.apply(hidden, weight, targets, vocab_start, valid_rows, float(temperature),
-                                      max(1, int(chunk_tokens)), bool(with_entropy), tp_group if tp > 1 else None)
+                                      max(1, int(chunk_tokens)), bool(with_entropy), tp_group if tp > 1 else None,
+                                      torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad))
     return logp, (ent if with_entropy else None)
 
 

@@ -28,8 +28,17 @@ def _grads(fn, hidden, weight, wl, we):
     return out
 
 
+@pytest.fixture(params=["kept", "recomputed"])
+def backward_mode(request, monkeypatch):
+    """Both backwards of one CPU rank: the log-softmax kept from the forward (small [N, V], the default
+    here) and recomputed chunk by chunk (what every large vocabulary gets)."""
+    if request.param == "recomputed":
+        monkeypatch.setattr("spro_mcore.models.logprob_kernel.KEEP_LOGITS_BYTES", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("chunk", [1, 8, 1000])
-def test_chunked_equals_full_logits_values_and_grads(chunk):
+def test_chunked_equals_full_logits_values_and_grads(chunk, backward_mode):
     hidden, weight, targets, wl, we = _case()
     temp = 0.7
     ref = _grads(lambda: reference_logprobs(hidden, weight, targets, vocab_size=101, temperature=temp),
@@ -42,7 +51,7 @@ def test_chunked_equals_full_logits_values_and_grads(chunk):
     assert ref[1].min() > 0 and ref[2].abs().max() > 1e-3  # a non-trivial case
 
 
-def test_temperature_and_logprob_only_path():
+def test_temperature_and_logprob_only_path(backward_mode):
     hidden, weight, targets, wl, _ = _case(dtype=torch.float32)
     lp1, ent = vocab_parallel_logprobs(hidden, weight, targets, vocab_size=101, chunk_tokens=5)
     lp2, _ = vocab_parallel_logprobs(hidden, weight, targets, vocab_size=101, temperature=2.0, chunk_tokens=5)
@@ -99,3 +108,31 @@ def test_one_rank_is_the_fused_log_softmax_same_logprobs_with_and_without_entrop
         vocab_parallel_logprobs(hidden, weight, targets, vocab_size=101, chunk_tokens=16)
     names = [e.name for e in p.events()]
     assert names.count("aten::_log_softmax") == 3 and "aten::exp_" not in names  # 37 tokens: 3 chunks
+
+
+def test_kept_log_softmax_saves_the_backward_gemm_and_matches_recompute(monkeypatch):
+    """The kept path runs two GEMMs in the backward (dh, dW) instead of three (no logits recompute) and gives
+    the recompute path's gradients (to float32 rounding: z is rebuilt as log-softmax + logsumexp)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    import spro_mcore.models.logprob_kernel as kernel
+
+    hidden, weight, targets, wl, we = _case()
+
+    def run():
+        lp, ent = vocab_parallel_logprobs(hidden, weight, targets, vocab_size=101, temperature=0.7,
+                                          chunk_tokens=1000, with_entropy=True)
+        loss = (lp * wl).sum() + (ent * we).sum()
+        with profile(activities=[ProfilerActivity.CPU]) as p:
+            loss.backward()
+        gemms = sum(e.name in ("aten::mm", "aten::addmm", "aten::addmm_") for e in p.events())
+        out = (hidden.grad.clone(), weight.grad.clone())
+        hidden.grad = weight.grad = None
+        return out, gemms
+
+    kept, kept_gemms = run()
+    monkeypatch.setattr(kernel, "KEEP_LOGITS_BYTES", 0)
+    recomputed, recomputed_gemms = run()
+    assert (kept_gemms, recomputed_gemms) == (2, 3)
+    for a, b in zip(kept, recomputed):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -94,6 +94,8 @@ def _model_worker(hf_dir: str, batch: int, length: int, repeats: int, train: boo
     after, _ = load_model(hf_dir)
     build.local_core_attention = lambda: DotProductAttention  # megatron-core's own: the "before"
     before, _ = load_model(hf_dir)
+    for c in (*after, *before):  # the same mode as HF's
+        c.train(train)
     ones, resp = torch.ones(batch, dtype=torch.long), torch.full((batch,), length - 1)
 
     def run_hf():
