@@ -202,7 +202,7 @@ def sequence_logprobs(models, input_ids: torch.Tensor, prompt_lens: torch.Tensor
         mbs = micro_batch_size or b
         micro = _micro_batches(input_ids, prompt_lens, response_lens, mbs, micro_batch_multiple(chunks))
     # eval() walks every module (~1 ms a call on a small model): only the chunks in training mode pay it
-    switched = [c for c in chunks if any(m.training for m in c.modules())]
+    switched = [c for c in chunks if c.training or unwrap(c).training]
     for c in switched:
         c.eval()
 

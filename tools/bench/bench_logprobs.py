@@ -17,7 +17,7 @@ All figures are ratios measured side by side in this run; absolute numbers on sh
 comparable across runs.
 
     python tools/bench/bench_logprobs.py [--tokens 8192] [--vocab 151936] [--hidden 64] [--chunks 1024,256]
-                                         [--train-tokens 2048] [--skip-model] [--skip-kernel]
+                                         [--train-tokens 2048] [--skip-model] [--skip-kernel] [--batch 8,16]
                                          [--threads 1 --clock cpu]
 """
 
@@ -199,7 +199,8 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--chunks", default="1024,256")
     p.add_argument("--train-tokens", type=int, default=2048, help="tokens for the forward+backward case (0: skip)")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", default="8,16", help="rows of the model part, comma-separated: one run each "
+                   "(16 x 256: the trainer's default micro-batch of 4096 tokens)")
     p.add_argument("--length", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-model", action="store_true")
@@ -213,7 +214,8 @@ def main() -> None:
         if a.train_tokens:
             bench_kernel(a.train_tokens, a.vocab, a.hidden, chunks, train=True)
     if not a.skip_model:
-        bench_model(a.batch, a.length, a.repeats, a.threads, a.clock)
+        for batch in (int(b) for b in a.batch.split(",")):
+            bench_model(batch, a.length, a.repeats, a.threads, a.clock)
 
 
 if __name__ == "__main__":
