@@ -12,9 +12,8 @@ from pathlib import Path
 import torch.distributed as dist
 
 from spro_mcore.config.schema import Config
-from spro_mcore.data import PromptItem, PromptIterator, load_prompt_dataset
-from spro_mcore.data.render import template_setting
-from spro_mcore.data.synthetic_tasks import write_task_split_jsonl
+from spro_mcore.data import PromptItem, PromptIterator
+from spro_mcore.data.splits import load_split, split_path
 from spro_mcore.parallel import collectives
 from spro_mcore.parallel.distributed import Layout
 
@@ -37,31 +36,13 @@ class PromptSource:
         self.iterator.load_state_dict(state)
 
 
-def _data_files(cfg: Config, layout: Layout) -> tuple[str, str]:
-    d = cfg.data
-    if d.source == "file":
-        return d.train_path, d.eval_path
-    folder = Path(cfg.trainer.output_dir) / "data"
-    train, test = folder / "synthetic_train.jsonl", folder / "synthetic_test.jsonl"
-    if layout.is_main:
-        write_task_split_jsonl(train, d.synthetic_task, "train", d.synthetic_train_size, seed=cfg.trainer.seed)
-        write_task_split_jsonl(test, d.synthetic_task, "test", d.synthetic_eval_size, seed=cfg.trainer.seed)
-    if dist.is_initialized():
-        collectives.barrier()
-    return str(train), str(test)
-
-
 def build_prompt_sources(cfg: Config, tokenizer, layout: Layout) -> tuple[PromptSource, list[PromptItem]]:
     d = cfg.data
-    train_path, eval_path = _data_files(cfg, layout)
-    template = template_setting(d.chat_template)
-
-    def load(path):
-        return load_prompt_dataset(path, tokenizer, prompt_key=d.prompt_key, messages_key=d.messages_key,
-                                   answer_key=d.answer_key, max_prompt_length=d.max_prompt_tokens,
-                                   chat_template=template)
-
-    train = load(train_path)
+    folder = Path(cfg.trainer.output_dir) / "data"
+    train_path, eval_path = (split_path(cfg, split, folder, write=layout.is_main) for split in ("train", "test"))
+    if dist.is_initialized():  # the main rank wrote the synthetic splits
+        collectives.barrier()
+    train = load_split(cfg, tokenizer, train_path)
     iterator = PromptIterator(train, d.prompts_per_step, seed=cfg.trainer.seed, shuffle=d.shuffle)
-    eval_items = list(load(eval_path).items) if eval_path else []
+    eval_items = list(load_split(cfg, tokenizer, eval_path).items) if eval_path else []
     return PromptSource(iterator, d.prompts_per_step), eval_items

@@ -10,10 +10,9 @@ import pytest
 from spro_mcore.config import load_config
 from spro_mcore.data import synthetic_arithmetic
 from spro_mcore.data.synthetic_chain import generate_split, sample_expression, solve
+from spro_mcore.data.splits import split_path
 from spro_mcore.data.synthetic_tasks import write_task_split_jsonl
-from spro_mcore.parallel.distributed import Layout
 from spro_mcore.rewards.synthetic_arithmetic import arithmetic_reward
-from spro_mcore.trainer.prompts import _data_files
 
 pytestmark = pytest.mark.unit
 
@@ -72,12 +71,11 @@ def test_the_outcome_verifier_reads_chain_responses():
 
 
 def test_config_selects_the_task_and_keeps_the_quickstart_files(tmp_path):
-    layout = Layout(rank=0, world_size=1, local_rank=0, tp=1, pp=1, dp=1, cp=1, tp_rank=0, pp_rank=0, dp_rank=0)
     files = {}
     for task in ("arithmetic", "chain"):
         cfg = load_config(None, [f"data.synthetic_task={task}", f"trainer.output_dir={tmp_path / task}",
                                  "data.synthetic_train_size=40", "data.synthetic_eval_size=10", "trainer.seed=5"])
-        train, test = _data_files(cfg, layout)
+        train = split_path(cfg, "train", tmp_path / task / "data")
         files[task] = [json.loads(l) for l in open(train)]
     assert all(5 <= r["num_steps"] <= 9 for r in files["chain"])
     assert files["chain"] == [synthetic_arithmetic.problem_to_row(p) for p in generate_split("train", 40, seed=5)]
