@@ -11,7 +11,7 @@ comparable across runs):
    like RL responses: many short, a long tail): log-prob and update tokens/s (real tokens), and the share
    of padded (wasted) tokens the model runs over, before and after.
 
-    python tools/bench/bench_step.py [--prompts 8] [--n 8] [--max-new-tokens 48] [--repeats 3]
+    python tools/bench/bench_step.py [--prompts 8] [--n 8] [--max-new-tokens 48] [--repeats 7]
                                      [--skewed-batch 64] [--budget 1024]
 """
 
@@ -190,7 +190,7 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--skewed-batch", type=int, default=64, help="sequences in the packing comparison")
     p.add_argument("--max-response", type=int, default=200, help="response length limit of the skewed batch")
     p.add_argument("--budget", type=int, default=1024, help="micro_batch_tokens of the packing comparison")
