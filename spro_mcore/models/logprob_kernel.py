@@ -52,10 +52,9 @@ class _ChunkedLogprob(torch.autograd.Function):
         # in-place log_softmax is checked there (tests); elsewhere the general path below, as before.
         whole = (group is None and vocab_start == 0 and hidden.device.type == "cpu"
                  and (n == 0 or int(targets.max()) < valid_rows))
-        keep = for_backward and whole and n * valid_rows * 4 <= KEEP_LOGITS_BYTES
-        if keep:  # one chunk: its log-softmax is what the backward needs
-            chunk = max(n, 1)
-        kept = None
+        # the same chunks as the no-grad passes (a GEMM's rows may round differently with another row count:
+        # the first update's PPO ratio stays exactly 1)
+        kept = [] if for_backward and whole and n * valid_rows * 4 <= KEEP_LOGITS_BYTES else None
         for lo in range(0, n, chunk):
             hi = min(lo + chunk, n)
             z = _logits(hidden[lo:hi], w, temperature)
@@ -63,7 +62,8 @@ class _ChunkedLogprob(torch.autograd.Function):
                 t = targets[lo:hi, None]
                 zt = z.gather(1, t).squeeze(1)
                 logsm = torch.log_softmax(z, -1, out=z)
-                kept = logsm if keep else None
+                if kept is not None:
+                    kept.append(logsm)
                 logp[lo:hi] = logsm.gather(1, t).squeeze(1)
                 torch.sub(zt, logp[lo:hi], out=lse_all[lo:hi])
                 if with_entropy:  # -sum p log p without a [chunk, V] product temporary
@@ -94,16 +94,16 @@ class _ChunkedLogprob(torch.autograd.Function):
             if with_entropy:
                 ez_all[lo:hi] = stats[2] / stats[0]
         entropy = lse_all - ez_all if with_entropy else logp.new_empty(0)
-        ctx.save_for_backward(hidden, weight, targets, lse_all, ez_all if with_entropy else lse_all.new_empty(0),
-                              kept if kept is not None else lse_all.new_empty(0))
-        ctx.kept = kept is not None
+        ctx.save_for_backward(hidden, weight, targets, lse_all, ez_all if with_entropy else lse_all.new_empty(0))
+        ctx.kept = kept  # intermediates, not inputs or outputs: a ctx attribute
         ctx.args = (vocab_start, valid_rows, temperature, chunk, with_entropy)
         ctx.set_materialize_grads(False)
         return logp, entropy
 
     @staticmethod
     def backward(ctx, g_logp, g_ent):
-        hidden, weight, targets, lse_all, ez_all, kept = ctx.saved_tensors
+        hidden, weight, targets, lse_all, ez_all = ctx.saved_tensors
+        kept, ctx.kept = ctx.kept, None
         vocab_start, valid_rows, temperature, chunk, with_entropy = ctx.args
         use_ent = with_entropy and g_ent is not None
         n = hidden.shape[0]
@@ -115,9 +115,10 @@ class _ChunkedLogprob(torch.autograd.Function):
         for lo in range(0, n, chunk):
             hi = min(lo + chunk, n)
             h = hidden[lo:hi]
-            if ctx.kept:  # z = log-softmax + logsumexp, without the GEMM (the saved tensor is not modified)
-                p = kept[lo:hi].exp()
-                z = kept[lo:hi] + lse_all[lo:hi, None] if use_ent else None
+            if kept is not None:  # z = log-softmax + logsumexp, without the GEMM
+                logsm = kept[lo // chunk]
+                p = logsm.exp()
+                z = logsm + lse_all[lo:hi, None] if use_ent else None
             else:
                 z = _logits(h, w, temperature)
                 p = z - lse_all[lo:hi, None]

@@ -111,8 +111,9 @@ def test_one_rank_is_the_fused_log_softmax_same_logprobs_with_and_without_entrop
 
 
 def test_kept_log_softmax_saves_the_backward_gemm_and_matches_recompute(monkeypatch):
-    """The kept path runs two GEMMs in the backward (dh, dW) instead of three (no logits recompute) and gives
-    the recompute path's gradients (to float32 rounding: z is rebuilt as log-softmax + logsumexp)."""
+    """The kept path runs two GEMMs a chunk in the backward (dh, dW) instead of three (no logits recompute),
+    gives the recompute path's gradients (to float32 rounding: z is rebuilt as log-softmax + logsumexp), and
+    its forward keeps the no-grad pass's chunks: the same log-probs bit for bit (PPO ratio exactly 1)."""
     from torch.profiler import ProfilerActivity, profile
 
     import spro_mcore.models.logprob_kernel as kernel
@@ -121,7 +122,11 @@ def test_kept_log_softmax_saves_the_backward_gemm_and_matches_recompute(monkeypa
 
     def run():
         lp, ent = vocab_parallel_logprobs(hidden, weight, targets, vocab_size=101, temperature=0.7,
-                                          chunk_tokens=1000, with_entropy=True)
+                                          chunk_tokens=16, with_entropy=True)  # 37 tokens: 3 chunks
+        with torch.no_grad():
+            no_grad, _ = vocab_parallel_logprobs(hidden, weight, targets, vocab_size=101, temperature=0.7,
+                                                 chunk_tokens=16)
+        assert torch.equal(lp.detach(), no_grad)
         loss = (lp * wl).sum() + (ent * we).sum()
         with profile(activities=[ProfilerActivity.CPU]) as p:
             loss.backward()
@@ -133,6 +138,6 @@ def test_kept_log_softmax_saves_the_backward_gemm_and_matches_recompute(monkeypa
     kept, kept_gemms = run()
     monkeypatch.setattr(kernel, "KEEP_LOGITS_BYTES", 0)
     recomputed, recomputed_gemms = run()
-    assert (kept_gemms, recomputed_gemms) == (2, 3)
+    assert (kept_gemms, recomputed_gemms) == (2 * 3, 3 * 3)
     for a, b in zip(kept, recomputed):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
