@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from spro_mcore.config import load_config
 from spro_mcore.study.aggregate import compare_with_reference, pick_reference, summarize_cell
-from spro_mcore.study.runner import read_marker, run_wall_s
+from spro_mcore.study.runner import read_marker, run_code, run_wall_s
 from spro_mcore.study.spec import METRICS, Study, format_value
 
 
@@ -67,6 +67,9 @@ def build_summary(study: Study) -> dict[str, Any]:
         "overrides": study.overrides,
         "metric": study.metric,
         "runs_complete": sum(len(c["seeds"]) for c in cells),
+        # the code revisions of the complete runs ("unrecorded": runs from before revisions were recorded)
+        "code_revisions": sorted({code for cell in study.cells for s in runs[cell.name]
+                                  for code in (run_code(study.run_dir(cell, s)) or ["unrecorded"])}),
         "runs_planned": len(study.cells) * len(study.seeds),
         "cells": cells,
     }
@@ -84,6 +87,15 @@ def _minutes(s: Optional[float]) -> str:
     return "–" if s is None else f"{s / 60:.1f} min"
 
 
+def _code_line(summary: dict[str, Any]) -> str:
+    codes = summary.get("code_revisions") or []
+    if not codes:
+        return ""
+    if len(codes) == 1:
+        return f"Code: `{codes[0]}` for every run."
+    return "Code revisions (runs made with different code): " + ", ".join(f"`{c}`" for c in codes) + "."
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
     cells = summary["cells"]
     f = Path(summary["study_file"])
@@ -91,7 +103,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
          f"Written by `spro-mcore study --config {summary['study_file']}`. Base config `{summary['base']}`, "
          f"seeds {summary['seeds']} (each is `trainer.seed`), applied to every cell: "
          + (", ".join(f"`{k}={format_value(v)}`" for k, v in summary["overrides"].items()) or "nothing") + ".",
-         "", f"**Runs complete: {summary['runs_complete']} of {summary['runs_planned']}.**", "",
+         "", f"**Runs complete: {summary['runs_complete']} of {summary['runs_planned']}.** " + _code_line(summary),
+         "",
          "## Cells", "", "| cell | grid values | seeds complete | wall time per run | reference |", "|---|---|---|---|---|"]
     for c in cells:
         ov = ", ".join(f"`{k}={format_value(v)}`" for k, v in c["overrides"].items()) or "–"

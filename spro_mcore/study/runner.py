@@ -19,10 +19,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from spro_mcore.study.code_revision import code_revision
 from spro_mcore.study.spec import Cell, Study, StudyError
 
 MARKER = "study_run.json"
-ATTEMPTS = "study_attempts.jsonl"  # one line per attempt (exit code, seconds): a resumed run's wall time adds up
+ATTEMPTS = "study_attempts.jsonl"  # one line per attempt (exit code, seconds, code revision): a resumed run's wall time adds up
 LOG = "train.log"
 RUNNER_OVERRIDES = ["logging.progress_bar=false"]  # the study draws its own bar; the run's log stays readable
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -53,9 +54,20 @@ def read_marker(run_dir: Path) -> dict | None:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
-def run_wall_s(run_dir: Path) -> float:
+def _attempts(run_dir: Path) -> list[dict]:
     f = run_dir / ATTEMPTS
-    return sum(json.loads(l)["wall_s"] for l in f.read_text().splitlines() if l.strip()) if f.is_file() else 0.0
+    return [json.loads(l) for l in f.read_text().splitlines() if l.strip()] if f.is_file() else []
+
+
+def run_wall_s(run_dir: Path) -> float:
+    return sum(a["wall_s"] for a in _attempts(run_dir))
+
+
+def run_code(run_dir: Path) -> list[str]:
+    """The code revisions a complete run was made with (several when it was resumed across changes; empty for
+    runs from before revisions were recorded)."""
+    marker = read_marker(run_dir) or {}
+    return list(marker.get("code", []))
 
 
 def check_markers(study: Study) -> None:
@@ -113,6 +125,7 @@ def run_one(study: Study, cell: Cell, seed: int) -> int:
     args = study.train_overrides(cell, seed)
     cmd = [sys.executable, "-m", "spro_mcore.cli", "train", "--config", str(study.base), *RUNNER_OVERRIDES, *args]
     env = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_VARS}
+    code = code_revision()
     t0 = time.time()
     with open(run_dir / LOG, "a") as log:
         log.write(f"# spro-mcore study: {' '.join(cmd[1:])}\n")
@@ -122,9 +135,10 @@ def run_one(study: Study, cell: Cell, seed: int) -> int:
         _Child.proc = None
     wall = time.time() - t0
     with open(run_dir / ATTEMPTS, "a") as f:
-        f.write(json.dumps({"returncode": rc, "wall_s": round(wall, 2)}) + "\n")
+        f.write(json.dumps({"returncode": rc, "wall_s": round(wall, 2), "code": code}) + "\n")
     if rc == 0 and not _Child.stop and finished(run_dir):
-        record = {**run_record(study, cell, seed), "wall_s": round(run_wall_s(run_dir), 2)}
+        codes = sorted({a["code"] for a in _attempts(run_dir) if "code" in a})
+        record = {**run_record(study, cell, seed), "wall_s": round(run_wall_s(run_dir), 2), "code": codes}
         (run_dir / MARKER).write_text(json.dumps(record, indent=1) + "\n")
     return rc
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from spro_mcore.study.code_revision import code_revision
 from spro_mcore.study.runner import MARKER, run_record
 from spro_mcore.study.spec import load_study
 
@@ -90,6 +91,10 @@ def test_tiny_grid_end_to_end(done):
     assert cells["spro"]["msa_to_outcome_ratio_mean"] is not None and cells["grpo"]["msa_to_outcome_ratio_mean"] in (0.0, None)
     report = (out / "report.md").read_text()
     assert "Runs complete: 4 of 4" in report and "| spro |" in report
+    # every run records the code it was made with (this checkout's revision), and the report says it once
+    code = code_revision()
+    assert all(json.loads((p.parent / MARKER).read_text())["code"] == [code] for p in out.glob("runs/*/seed_*/metrics.jsonl"))
+    assert summary["code_revisions"] == [code] and f"Code: `{code}` for every run." in report
 
 
 def test_stopped_study_resumes_without_rerunning_complete_runs(done, tmp_path):
@@ -213,6 +218,18 @@ def test_aggregate_of_synthetic_metrics_files_equals_hand_computation(tmp_path):
     assert cells["spro"]["msa_to_outcome_ratio_mean"] == pytest.approx(0.2)
     assert cells["grpo"]["wall_s_mean"] == pytest.approx(120.0)
     assert cells["spro"]["curves"]["eval/acc"]["mean"] == pytest.approx([0.3, 0.6, 0.7])
+    # runs from before revisions were recorded say so; runs made with two revisions are named in the report
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["code_revisions"] == ["unrecorded"]
+    for cell, code in zip(study.cells, ("0123456789ab", "ba9876543210+modified")):
+        for seed in study.seeds:
+            marker = study.run_dir(cell, seed) / MARKER
+            marker.write_text(json.dumps({**json.loads(marker.read_text()), "code": [code]}))
+    r = study_cli(study_file, "--report-only", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["code_revisions"] == [
+        "0123456789ab", "ba9876543210+modified"]
+    assert ("Code revisions (runs made with different code): `0123456789ab`, `ba9876543210+modified`."
+            in (tmp_path / "out" / "report.md").read_text())
     # --report-only: a missing run is reported as missing, not started
     (study.run_dir(study.cells[1], 3) / MARKER).unlink()
     r = study_cli(study_file, "--report-only", timeout=300)
