@@ -23,7 +23,8 @@ def _git(*args: str) -> str | None:
 
 def code_revision() -> str:
     head = _git("rev-parse", "--short=12", "HEAD")
-    if head is None:
+    # the package must be that repository's own source (not an install in a .venv inside some checkout)
+    if head is None or not _git("ls-files", "--", str(_PACKAGE / "__init__.py")):
         return f"spro-mcore {spro_mcore.__version__} (not a git checkout)"
     changed = _git("status", "--porcelain", "--", str(_PACKAGE))  # untracked modules count: they may be imported
     return head + ("+modified" if changed else "")

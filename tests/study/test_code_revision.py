@@ -15,6 +15,7 @@ def test_checkout_revision_is_head_and_says_when_the_package_is_modified(tmp_pat
     repo = tmp_path / "repo"
     pkg = repo / "spro_mcore"
     pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
     (pkg / "a.py").write_text("x = 1\n")
 
     def git(*args):
@@ -39,4 +40,14 @@ def test_outside_a_checkout_the_installed_version(tmp_path, monkeypatch):
     monkeypatch.setattr(cr, "_PACKAGE", tmp_path / "site-packages" / "spro_mcore")
     (tmp_path / "site-packages" / "spro_mcore").mkdir(parents=True)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # no enclosing repository up the tree
+    assert cr.code_revision().endswith("(not a git checkout)")
+    # installed into a .venv inside some checkout: that repository's HEAD is not this package's revision
+    repo = tmp_path / "repo"
+    pkg = repo / ".venv" / "site-packages" / "spro_mcore"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (repo / "README").write_text("x\n")
+    for args in (("init", "-q"), ("add", "README"), ("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+    monkeypatch.setattr(cr, "_PACKAGE", pkg)
     assert cr.code_revision().endswith("(not a git checkout)")
