@@ -202,7 +202,7 @@ def main() -> None:
     p.add_argument("--batch", default="8,16", help="rows of the model part, comma-separated: one run each "
                    "(16 x 256: the trainer's default micro-batch of 4096 tokens)")
     p.add_argument("--length", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=9)  # this VM: +-5-10% between rounds
     p.add_argument("--skip-model", action="store_true")
     p.add_argument("--skip-kernel", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="torch threads in the model part (0: torch's default)")
