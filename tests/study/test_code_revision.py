@@ -11,20 +11,25 @@ from spro_mcore.study import code_revision as cr
 pytestmark = pytest.mark.unit
 
 
+def _git(repo, *args) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
+
+
+def _commit(repo, *paths) -> str:
+    """A new repository at `repo` with `paths` committed; its short HEAD."""
+    _git(repo, "init", "-q")
+    _git(repo, "add", *paths)
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    return _git(repo, "rev-parse", "--short=12", "HEAD").strip()
+
+
 def test_checkout_revision_is_head_and_says_when_the_package_is_modified(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     pkg = repo / "spro_mcore"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "a.py").write_text("x = 1\n")
-
-    def git(*args):
-        return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
-
-    git("init", "-q")
-    git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
-    head = git("rev-parse", "--short=12", "HEAD").strip()
+    head = _commit(repo, ".")
     monkeypatch.setattr(cr, "_PACKAGE", pkg)
     assert cr.code_revision() == head and re.fullmatch(r"[0-9a-f]{12}", head)
     (repo / "notes.txt").write_text("outside the package: not a code change\n")
@@ -47,7 +52,6 @@ def test_outside_a_checkout_the_installed_version(tmp_path, monkeypatch):
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (repo / "README").write_text("x\n")
-    for args in (("init", "-q"), ("add", "README"), ("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")):
-        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+    _commit(repo, "README")
     monkeypatch.setattr(cr, "_PACKAGE", pkg)
     assert cr.code_revision().endswith("(not a git checkout)")
