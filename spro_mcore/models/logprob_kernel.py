@@ -110,15 +110,15 @@ class _ChunkedLogprob(torch.autograd.Function):
         if g_logp is None:
             g_logp = lse_all.new_zeros(n)
         w = weight[:valid_rows]
-        g_hidden = torch.zeros_like(hidden)
+        g_hidden = torch.empty_like(hidden)  # every row is written below
         g_w32 = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
         for lo in range(0, n, chunk):
             hi = min(lo + chunk, n)
             h = hidden[lo:hi]
-            if kept is not None:  # z = log-softmax + logsumexp, without the GEMM
+            if kept is not None:  # z = log-softmax + logsumexp, without the GEMM; p in the kept buffer
                 logsm = kept[lo // chunk]
-                p = logsm.exp()
                 z = logsm + lse_all[lo:hi, None] if use_ent else None
+                p = logsm.exp_()
             else:
                 z = _logits(h, w, temperature)
                 p = z - lse_all[lo:hi, None]
@@ -128,14 +128,17 @@ class _ChunkedLogprob(torch.autograd.Function):
                 z.sub_(ez_all[lo:hi, None]).mul_(g_ent[lo:hi, None].float()).add_(gl).mul_(p).neg_()
                 g_z = z
             else:
-                g_z = p.mul_(gl).neg_()
+                g_z = p.mul_(-gl)  # = -(p * gl) exactly
                 del z
             local_t = targets[lo:hi] - vocab_start
             rows = ((local_t >= 0) & (local_t < valid_rows)).nonzero().squeeze(-1)
             g_z[rows, local_t[rows]] += gl[rows, 0]
             if temperature != 1.0:
                 g_z.div_(temperature)
-            g_hidden[lo:hi] = (g_z.to(w.dtype) @ w).to(hidden.dtype)
+            if w.dtype == hidden.dtype == g_z.dtype:
+                torch.mm(g_z, w, out=g_hidden[lo:hi])
+            else:
+                g_hidden[lo:hi] = (g_z.to(w.dtype) @ w).to(hidden.dtype)
             g_w32.addmm_(g_z.t(), h.float())
             del g_z, p
         g_weight = torch.zeros_like(weight)

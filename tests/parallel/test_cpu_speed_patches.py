@@ -1,5 +1,5 @@
 """The CPU layer's speed patches (cpu_compat `_patch_linear_bias`, `_patch_rope_concat` with `_RopeHalves`,
-`_patch_swiglu`): the same values and gradients as an independent reference and as megatron-core's own
+`_patch_swiglu`, `_patch_rmsnorm`): the same values and gradients as an independent reference and as megatron-core's own
 functions (`without_speed_patches`), and the work they remove is really gone (profiled ops). A whole
 Megatron model gives the same log-probs and gradients with and without them."""
 
@@ -175,6 +175,57 @@ def test_swiglu_mlp_bitwise_equal_to_megatron_and_no_offset_pass():
     assert _SwiGLU.apply(x0).shape == (5, 2, 12)
 
 
+@needs_cpu_only
+def test_rmsnorm_forward_bitwise_equal_closed_form_backward():
+    """megatron's torch-norm RMSNorm: the patched module's forward equals torch's composite bit for bit (with
+    and without grad), its closed-form backward equals autograd's and a float64 reference, without autograd's
+    walk back through pow and rsqrt; a bf16 input goes to torch's own forward."""
+    import spro_mcore.parallel  # noqa: F401
+    from megatron.core.transformer import TransformerConfig
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    from spro_mcore.parallel.cpu_compat import _CpuRMSNorm, without_speed_patches
+
+    config = TransformerConfig(num_layers=1, hidden_size=16, num_attention_heads=2, normalization="RMSNorm")
+    norm = WrappedTorchNorm(config, 16, eps=1e-6)
+    assert type(norm) is _CpuRMSNorm and isinstance(norm, torch.nn.RMSNorm)
+    assert list(norm.state_dict()) == ["weight"]
+    g = torch.Generator().manual_seed(5)
+    norm.weight.data = torch.randn(16, generator=g)
+    x0 = torch.randn(5, 3, 16, generator=g) * 3
+    up = torch.randn(5, 3, 16, generator=g)
+
+    def run():
+        x = x0.clone().requires_grad_(True)
+        norm.weight.grad = None
+        out = norm(x)
+        (out * up).sum().backward()
+        return out.detach(), x.grad, norm.weight.grad.clone()
+
+    def ops():
+        x = x0.clone().requires_grad_(True)
+        return _ops(lambda: (norm(x) * up).sum().backward())
+
+    got, got_ops = run(), ops()
+    with without_speed_patches():
+        ref, ref_ops = run(), ops()
+        with torch.no_grad():
+            ref_no_grad = norm(x0)
+    assert torch.equal(got[0], ref[0])
+    with torch.no_grad():
+        assert torch.equal(norm(x0), ref_no_grad)
+    for a, b in zip(got[1:], ref[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    x, w = x0.double().requires_grad_(True), norm.weight.detach().double().requires_grad_(True)
+    (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w * up.double()).sum().backward()
+    torch.testing.assert_close(got[1].double(), x.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[2].double(), w.grad, rtol=1e-5, atol=1e-6)
+    assert ref_ops.count("aten::pow") >= 2 and got_ops.count("aten::pow") == 1  # pow's backward is gone
+    with torch.no_grad():
+        low = x0.bfloat16()
+        torch.testing.assert_close(norm(low), torch.nn.functional.rms_norm(low, (16,), norm.weight, 1e-6))
+
+
 def _model_grads(hf_dir):
     """Log-probs and every parameter's gradient of one forward+backward of a real Megatron model, padded and
     packed (THD), with and without the speed patches."""
@@ -211,11 +262,14 @@ def _model_grads(hf_dir):
 
     swiglu, calls = cpu_compat._SwiGLU.forward, []
     cpu_compat._SwiGLU.forward = staticmethod(lambda ctx, x: calls.append(1) or swiglu(ctx, x))
+    rms, norm_calls = cpu_compat._RMSNormFn.forward, []
+    cpu_compat._RMSNormFn.forward = staticmethod(lambda ctx, *a: norm_calls.append(1) or rms(ctx, *a))
     out = {}
     for name, run in (("padded", lambda: step(padded, 20, 3)), ("packed", lambda: step(packed, pack_len, 1))):
-        n = len(calls)
+        n, n_norm = len(calls), len(norm_calls)
         out[name] = run()
         out[name + "_swiglu_calls"] = len(calls) - n
+        out[name + "_norm_calls"] = len(norm_calls) - n_norm
         with without_speed_patches():
             out[name + "_unpatched"] = run()
     return out
@@ -231,7 +285,8 @@ def test_model_patched_equals_unpatched(tmp_path):
     out = run_in_processes(_model_grads, 1, hf_dir)[0]
     for name in ("padded", "packed"):
         assert out[name + "_swiglu_calls"] == 2  # one per layer of the tiny model
+        assert out[name + "_norm_calls"] == 5  # two per layer and the final norm
         got, ref = out[name], out[name + "_unpatched"]
         assert len(got) == len(ref) > 10 and ref[0].abs().max() > 0
-        for a, b in zip(got, ref):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        for a, b in zip(got, ref):  # float rounding: the norm's closed-form backward sums in another order
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
