@@ -51,3 +51,18 @@ def test_bench_weight_sync():
     out = _run("bench_weight_sync.py", "--hidden", "64", "--layers", "2", "--vocab", "512", "--repeats", "1",
                "--megatron", "--no-vllm")
     assert "megatron -> hf" in out, out
+
+
+def test_median_interval_is_the_order_statistics_pair_with_95_percent_coverage():
+    from math import comb
+
+    sys.path.insert(0, str(BENCH))
+    from bench_logprobs import median_interval
+
+    for n in (3, 9, 15, 21):
+        lo, hi = median_interval(list(range(1, n + 1)))  # the values are their own ranks
+        coverage = lambda k: sum(comb(n, i) for i in range(k, n - k + 1)) / 2 ** n  # noqa: E731  P(k <= B <= n-k)
+        if n >= 9:
+            assert coverage(lo) >= 0.95 > coverage(lo + 1) and hi == n + 1 - lo
+        else:
+            assert (lo, hi) == (1, n)  # too few rounds for a 95% interval: the extremes

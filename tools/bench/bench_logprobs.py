@@ -141,7 +141,20 @@ def _model_worker(hf_dir: str, batch: int, length: int, repeats: int, train: boo
     # per repeat, Megatron's time over HF's in the same round: the median ratio is robust to load drifts
     ratios = {n: sorted(h / t for h, t in zip(times["hf"], times[n])) for n in times}
     return {**{f"{n}_tok_s": tok / min(t) for n, t in times.items()}, **{f"{n}_diff": d for n, d in diff.items()},
-            **{f"{n}_median_ratio": r[len(r) // 2] for n, r in ratios.items()}}
+            **{f"{n}_median_ratio": r[len(r) // 2] for n, r in ratios.items()},
+            **{f"{n}_median_ci": median_interval(r) for n, r in ratios.items()}}
+
+
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median of `values` (order statistics k and n+1-k, the widest
+    pair whose binomial(n, 1/2) coverage is still >= `level`; the extremes when n is too small)."""
+    from math import comb
+
+    v, n = sorted(values), len(values)
+    k = 1
+    while k + 1 <= n // 2 and 1 - 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n >= level:
+        k += 1
+    return v[k - 1], v[n - k]
 
 
 def _spawn(kind: str, **kwargs) -> dict:
@@ -188,7 +201,8 @@ def bench_model(batch: int, length: int, repeats: int, threads: int = 0, clock: 
                   f"{r['hf_tok_s']:8.0f} tok/s")
             for n in ("before", "unpatched", "after"):
                 print(f"    Megatron {n:9s} {r[f'{n}_tok_s']:8.0f} tok/s   ratio megatron/HF best-of "
-                      f"{r[f'{n}_tok_s'] / r['hf_tok_s']:5.2f}, median per round {r[f'{n}_median_ratio']:5.2f}   "
+                      f"{r[f'{n}_tok_s'] / r['hf_tok_s']:5.2f}, median per round {r[f'{n}_median_ratio']:5.2f} "
+                      f"[{r[f'{n}_median_ci'][0]:4.2f}, {r[f'{n}_median_ci'][1]:4.2f}]   "
                       f"max |log-prob diff| {r[f'{n}_diff']:.1e}")
 
 
