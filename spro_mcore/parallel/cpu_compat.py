@@ -199,32 +199,85 @@ def _patch_sharded_tensor_init() -> None:
     mapping.ShardedTensor.init_data = init_data
 
 
+class _Memo:
+    """A one-entry memo keyed on tensors' identity and in-place version (and a few plain values): within one
+    forward megatron hands every layer's q and k the same `freqs` (and `cu_seqlens`) objects, so what is
+    derived from them is computed once a forward, not twice a layer. It holds its tensors until the next
+    miss, so an id cannot be reused while it is the key."""
+
+    def __init__(self):
+        self._tensors, self._key, self._value = (), None, None
+
+    def __call__(self, tensors: tuple, extra: tuple, make):
+        key = (tuple(t._version for t in tensors), extra, torch.is_inference_mode_enabled())
+        if (key != self._key or len(tensors) != len(self._tensors)
+                or any(a is not b for a, b in zip(tensors, self._tensors))):
+            self._value = make()
+            self._tensors, self._key = tensors, key
+        return self._value
+
+
+_ROPE_TABLES = _Memo()
+_THD_FREQS = _Memo()
+
+
+def _rope_tables(freqs, mscale: float, dtype, rotary_interleaved: bool):
+    """(cos, sin, the frequencies are duplicated halves) as megatron's `_apply_rotary_pos_emb_bshd` makes them."""
+    cos_ = (torch.cos(freqs) * mscale).to(dtype)
+    sin_ = (torch.sin(freqs) * mscale).to(dtype)
+    rot_dim = freqs.shape[-1]
+    half = rot_dim // 2
+    halves = (not rotary_interleaved and rot_dim % 2 == 0
+              and torch.equal(freqs[..., :half], freqs[..., half:]))
+    return cos_, sin_, halves
+
+
 def _patch_rope_concat() -> None:
     """Speed, not correctness: megatron's `_apply_rotary_pos_emb_bshd` ends with `torch.cat((t, t_pass))`
     even when no dimension passes through (every dense Llama/Qwen model), one full copy of q and of k per
     layer that CPU ops pay in full. Skip the concatenation when `t_pass` is empty (same values). With the
-    usual duplicated-halves frequencies (non-interleaved) the rotation itself goes to `_RopeHalves`."""
+    usual duplicated-halves frequencies (non-interleaved) the rotation itself goes to `_RopeHalves`. cos and
+    sin are computed once a forward (`_Memo`), and so is the packed (THD) path's per-sequence frequency
+    table, which megatron rebuilds from one slice per sequence for q and for k of every layer (without
+    context parallelism; with it, megatron's own)."""
     rope_utils = importlib.import_module("megatron.core.models.common.embeddings.rope_utils")
     orig = rope_utils._apply_rotary_pos_emb_bshd
+    orig_thd = rope_utils._apply_rotary_pos_emb_thd
 
     def apply_bshd(t, freqs, rotary_interleaved=False, multi_latent_attention=False, mscale=1.0):
         rot_dim = freqs.shape[-1]
         if multi_latent_attention or t.shape[-1] != rot_dim:
             return orig(t, freqs, rotary_interleaved, multi_latent_attention, mscale)
-        cos_ = (torch.cos(freqs) * mscale).to(t.dtype)
-        sin_ = (torch.sin(freqs) * mscale).to(t.dtype)
-        half = rot_dim // 2
-        if not rotary_interleaved and rot_dim % 2 == 0 and torch.equal(freqs[..., :half], freqs[..., half:]):
+        cos_, sin_, halves = _ROPE_TABLES((freqs,), (mscale, t.dtype, t.device, rotary_interleaved),
+                                          lambda: _rope_tables(freqs, mscale, t.dtype, rotary_interleaved))
+        if halves:
             if not torch.is_grad_enabled():  # the log-prob passes: no autograd node to build
                 return _rotate_halves(t, cos_, sin_)
             return _RopeHalves.apply(t, cos_, sin_)
         return (t * cos_) + (rope_utils._rotate_half(t, rotary_interleaved) * sin_)
 
+    def thd_freqs(cu_seqlens, freqs):  # megatron's per-sequence slices, without context parallelism
+        starts, lens = cu_seqlens[:-1].tolist(), (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+        exact = freqs.dim() >= 1 and freqs.size(0) == cu_seqlens[-1]  # positions across the whole pack
+        return torch.cat([freqs[s:s + n] if exact else freqs[:n] for s, n in zip(starts, lens)])
+
+    def apply_thd(t, cu_seqlens, freqs, rotary_interleaved=False, multi_latent_attention=False, mscale=1.0,
+                  cp_group=None):
+        if cp_group is None or cp_group.size() != 1:
+            return orig_thd(t, cu_seqlens, freqs, rotary_interleaved, multi_latent_attention, mscale, cp_group)
+        packed = _THD_FREQS((cu_seqlens, freqs), (), lambda: thd_freqs(cu_seqlens, freqs))
+        return rope_utils._apply_rotary_pos_emb_bshd(
+            t.unsqueeze(1), packed, rotary_interleaved=rotary_interleaved,
+            multi_latent_attention=multi_latent_attention, mscale=mscale).squeeze(1)
+
     _speed_patch(rope_utils, "_apply_rotary_pos_emb_bshd", apply_bshd)
-    for name in ("megatron.core.models.common.embeddings.rotary_pos_embedding",):
+    _speed_patch(rope_utils, "_apply_rotary_pos_emb_thd", apply_thd)
+    for name in ("megatron.core.models.common.embeddings.rotary_pos_embedding",):  # re-exported there
         module = importlib.import_module(name)
-        if getattr(module, "_apply_rotary_pos_emb_bshd", None) is orig:
-            _speed_patch(module, "_apply_rotary_pos_emb_bshd", apply_bshd)
+        for attr, was, now in (("_apply_rotary_pos_emb_bshd", orig, apply_bshd),
+                               ("_apply_rotary_pos_emb_thd", orig_thd, apply_thd)):
+            if getattr(module, attr, None) is was:
+                _speed_patch(module, attr, now)
 
 
 def _rotate_halves(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

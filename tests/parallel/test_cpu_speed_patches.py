@@ -130,6 +130,49 @@ def test_rope_halves_bitwise_equal_to_megatron_values_and_grads():
 
 
 @needs_cpu_only
+@pytest.mark.parametrize("exact", [False, True])
+def test_rope_thd_bitwise_equal_and_tables_made_once_a_forward(exact):
+    """Packed (THD) RoPE: megatron's per-sequence frequency slices (`exact`: freqs spans the whole pack, else
+    the longest sequence) give the same values bit for bit through the memoised tables; cos/sin are computed
+    once for the q and k of every layer of one forward, again for a new or modified freqs tensor."""
+    from megatron.core.models.common.embeddings import rope_utils
+
+    from spro_mcore.parallel.cpu_compat import without_speed_patches
+
+    g = torch.Generator().manual_seed(6)
+    cu = torch.tensor([0, 3, 4, 9], dtype=torch.int32)
+    n, d = 3, 8
+    f = torch.randn(9 if exact else 5, d // 2, generator=g) * 4
+    freqs = torch.cat((f, f), dim=-1)[:, None, None, :]  # [positions, 1, 1, d], as RotaryEmbedding makes it
+    cp = SimpleNamespace(size=lambda: 1, rank=lambda: 0)
+    qs = [torch.randn(9, n, d, generator=g) for _ in range(4)]
+
+    def run(freqs):
+        return [rope_utils._apply_rotary_pos_emb_thd(q, cu, freqs, cp_group=cp) for q in qs]
+
+    got = run(freqs)
+    with without_speed_patches():
+        ref = run(freqs)
+    assert all(torch.equal(a, b) for a, b in zip(got, ref))
+    lens = [3, 1, 5]
+    starts = [0, 3, 4]
+    for q, out in zip(qs, got):  # independent: each sequence rotated by its own positions' frequencies
+        for s, m in zip(starts, lens):
+            fr = freqs[s:s + m] if exact else freqs[:m]
+            x = q[s:s + m]
+            expect = x * fr[:, 0].cos() + torch.cat((-x[..., d // 2:], x[..., :d // 2]), -1) * fr[:, 0].sin()
+            torch.testing.assert_close(out[s:s + m], expect, rtol=1e-6, atol=1e-6)
+    assert _ops(lambda: run(freqs)).count("aten::cos") == 0  # the tables of this freqs are made already
+    other = freqs.clone()
+    assert _ops(lambda: run(other)).count("aten::cos") == 1  # a new tensor: once for all four calls
+    other.mul_(0.5)  # modified in place: made again, with the new values
+    assert _ops(lambda: run(other)).count("aten::cos") == 1
+    halved = run(other)
+    with without_speed_patches():
+        assert all(torch.equal(a, b) for a, b in zip(halved, run(other)))
+
+
+@needs_cpu_only
 def test_swiglu_mlp_bitwise_equal_to_megatron_and_no_offset_pass():
     """megatron's unfused MLP with silu(a) * (b + 0.0): the patched MLP gives the same output and input
     gradient bit for bit, without the add and without the backward's cat of the halves' gradients."""
