@@ -209,9 +209,8 @@ class _Memo:
         self._tensors, self._key, self._value = (), None, None
 
     def __call__(self, tensors: tuple, extra: tuple, make):
-        key = (tuple(t._version for t in tensors), extra, torch.is_inference_mode_enabled())
-        if (key != self._key or len(tensors) != len(self._tensors)
-                or any(a is not b for a, b in zip(tensors, self._tensors))):
+        key = (tuple(t._version for t in tensors), extra, torch.is_inference_mode_enabled())  # also the count
+        if key != self._key or any(a is not b for a, b in zip(tensors, self._tensors)):
             self._value = make()
             self._tensors, self._key = tensors, key
         return self._value
@@ -358,6 +357,12 @@ def _patch_swiglu() -> None:
     _speed_patch(mlp.MLP, "forward", forward)
 
 
+def _rms_rstd(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """1 / RMS of the last dimension, op for op as torch's composite `rms_norm` (the with- and without-grad
+    paths share it, so their outputs are bit-equal)."""
+    return torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
+
+
 class _RMSNormFn(torch.autograd.Function):
     """y = x * rsqrt(mean(x^2) + eps) * w over the last dimension, forward exactly as torch's composite
     `rms_norm` (same ops, same order: bit-equal), backward in closed form
@@ -366,7 +371,7 @@ class _RMSNormFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, eps):
-        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
+        rstd = _rms_rstd(x, eps)
         ctx.save_for_backward(x, weight, rstd)
         return (x * rstd).mul_(weight)
 
@@ -394,7 +399,7 @@ def _rms_norm_forward(self, x):
         return torch.nn.RMSNorm.forward(self, x)  # not covered: torch's own
     eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
     if not torch.is_grad_enabled() or not (x.requires_grad or w.requires_grad):
-        return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))).mul_(w)  # no autograd node
+        return (x * _rms_rstd(x, eps)).mul_(w)  # no autograd node
     return _RMSNormFn.apply(x, w, eps)
 
 
